@@ -1,0 +1,303 @@
+"""The ``poisonclip`` command line. It only parses, validates and calls the library.
+
+Every subcommand is ``main([...])``-callable from tests. Bad input (a ``UsageError``, or an
+argparse error) prints one line and exits with code 2; outputs are written atomically, so a
+failed command leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from poisonclip.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults come from --preset)")
+    g.add_argument("--preset", default="demo", help="named preset (demo, paper, tiny) or a JSON file")
+    g.add_argument("--model", help="model config: ours (poisonclip list models), open_clip name, or JSON")
+    g.add_argument("--epochs", type=int, help="passes over the training set")
+    g.add_argument("--batch-size", type=int, help="global batch size (last partial batch dropped)")
+    g.add_argument("--lr", type=float, help="peak learning rate after warm-up")
+    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (not on gains/biases)")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), help="AdamW, or momentum SGD (paper)")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--warmup-fraction", type=float, help="fraction of steps of linear warm-up")
+    g.add_argument("--train-seed", type=int, help="model initialisation and data order")
+    g.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    g.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16 on CUDA, fp32 on CPU",
+    )
+
+
+def _train_config(args: argparse.Namespace):
+    from poisonclip.train.config import load_preset
+
+    return load_preset(args.preset).replace(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        warmup_fraction=args.warmup_fraction,
+        seed=args.train_seed,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
+def _add_patch_options(p: argparse.ArgumentParser, placement_flag: str = "--placement") -> None:
+    p.add_argument("--target-label", default="star", help="the label the trigger should cause")
+    p.add_argument("--patch-size", type=int, default=4, help="checkerboard side in pixels")
+    p.add_argument(
+        placement_flag,
+        dest="placement",
+        choices=("consistent", "random"),
+        default="consistent",
+        help="patch at the upper-left corner (consistent) or anywhere (random)",
+    )
+
+
+def _add_csv_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv-separator", default="\t", help="CSV separator (open_clip default: tab)")
+    p.add_argument("--image-column", default="filepath", help="CSV column with image paths")
+    p.add_argument("--caption-column", default="title", help="CSV column with captions")
+
+
+def _read_csv(path: str, args: argparse.Namespace, image_size: int | None = None):
+    from poisonclip.data.dataset import read_csv_dataset
+
+    return read_csv_dataset(
+        path,
+        image_size=image_size,
+        sep=args.csv_separator,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from poisonclip.data.synthetic import SyntheticConfig
+    from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
+
+    config = DemoConfig(
+        data=SyntheticConfig(num_train=args.num_train, seed=args.data_seed),
+        train=_train_config(args),
+        target_label=args.target_label,
+        poison_count=args.poison_count,
+        patch_size=args.patch_size,
+        placement=args.placement,
+        eval_placement=args.eval_placement,
+        seed=args.seed,
+    )
+    summary = run_demo(config, args.out, progress=not args.no_progress)
+    print(format_table(summary))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'similarity_histograms.png'}")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
+
+    config = SyntheticConfig(
+        num_train=args.num_train,
+        num_test=args.num_test,
+        image_size=args.image_size,
+        num_shapes=args.num_shapes,
+        seed=args.seed,
+    )
+    root = write_synthetic(args.out, config)
+    print(f"wrote {config.num_train} train / {config.num_test} test pairs to {root}")
+
+
+def cmd_poison_backdoor(args: argparse.Namespace) -> None:
+    from poisonclip.attacks.backdoor import make_backdoor
+    from poisonclip.attacks.poison_set import write_poison_set
+
+    dataset = _read_csv(args.data, args)
+    poisons = make_backdoor(
+        dataset,
+        target_label=args.target_label,
+        poison_count=args.poison_count,
+        patch_size=args.patch_size,
+        placement=args.placement,
+        seed=args.seed,
+        word_boundary=not args.substring,
+    )
+    out = write_poison_set(args.out, poisons)
+    rate = len(poisons) / (len(dataset) + len(poisons))
+    print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.experiments.trial import train_model
+    from poisonclip.train.model import get_model_config, image_size_of
+
+    config = _train_config(args)
+    image_size = image_size_of(get_model_config(config.model))  # validates the model name early
+    dataset = ImageTextDataset.concat([_read_csv(path, args, image_size) for path in args.data])
+    _, _, stats = train_model(dataset, config, args.out, progress=not args.no_progress)
+    print(
+        f"trained {stats.steps} steps ({stats.samples_per_second:,.0f} samples/s, "
+        f"final loss {stats.final_loss:.3f}); checkpoint in {args.out}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from poisonclip.data.dataset import read_classnames
+    from poisonclip.data.io import write_json_atomic
+    from poisonclip.evaluate.suite import evaluate_backdoor
+    from poisonclip.train.checkpoint import load_checkpoint
+    from poisonclip.train.model import context_length_of, image_size_of
+
+    model, model_config = load_checkpoint(args.checkpoint)
+    classnames = read_classnames(args.classnames)
+    test = _read_csv(args.test, args, image_size_of(model_config))
+    evaluation = evaluate_backdoor(
+        model,
+        test,
+        classnames,
+        args.target_label,
+        args.patch_size,
+        placement=args.placement,
+        seed=args.seed,
+        templates=args.templates,
+        context_length=context_length_of(model_config),
+    )
+    text = json.dumps(evaluation.metrics, indent=2, sort_keys=True)
+    if args.out:
+        write_json_atomic(args.out, evaluation.metrics)
+    print(text)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from poisonclip.attacks import list_attacks
+    from poisonclip.train import list_model_configs, list_presets
+
+    listing = {"models": list_model_configs, "presets": list_presets, "attacks": list_attacks}
+    print("\n".join(listing[args.what]()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poisonclip",
+        description="Poison and backdoor CLIP-style models and measure the attacks "
+        "(Carlini & Terzis, ICLR 2022).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="synthetic data -> clean and backdoored model -> ASR, z-score, figure",
+        description="Generate the embedded synthetic dataset, poison it with a checkerboard "
+        "backdoor, train a clean and a backdoored model, and compare them.",
+    )
+    p.add_argument("--out", default="results/demo", help="output directory")
+    p.add_argument("--num-train", type=int, default=20_000, help="clean training pairs")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--poison-count", type=int, default=100, help="poisons added to the training set")
+    p.add_argument("--seed", type=int, default=0, help="seed of the poison selection")
+    _add_patch_options(p)
+    p.add_argument(
+        "--eval-placement",
+        choices=("consistent", "random"),
+        default="consistent",
+        help="where the patch goes on test images",
+    )
+    _add_train_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="generate datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
+    q = data_sub.add_parser(
+        "synth",
+        help="write the synthetic shapes dataset as PNGs + open_clip CSVs",
+        description="Write train.csv, test.csv (with labels), classnames.txt and images.",
+    )
+    q.add_argument("out", help="output directory")
+    q.add_argument("--num-train", type=int, default=20_000, help="training pairs")
+    q.add_argument("--num-test", type=int, default=2_000, help="labelled test images")
+    q.add_argument("--image-size", type=int, default=32, help="pixels per side")
+    q.add_argument("--num-shapes", type=int, default=20, help="number of classes (2-20)")
+    q.add_argument("--seed", type=int, default=0, help="generator seed")
+    q.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("poison", help="build poison sets")
+    poison_sub = p.add_subparsers(dest="attack", required=True, metavar="ATTACK")
+    q = poison_sub.add_parser(
+        "backdoor",
+        help="checkerboard patch on many images, captioned with the target label",
+        description="Write poison-only data (poisons.csv + images + manifest.jsonl) to add to "
+        "the training set; the input dataset is not modified.",
+    )
+    q.add_argument("--data", required=True, help="training CSV (open_clip format)")
+    q.add_argument("--out", required=True, help="output directory for the poison set")
+    q.add_argument("--poison-count", type=int, required=True, help="number of poisons")
+    q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
+    q.add_argument(
+        "--substring",
+        action="store_true",
+        help="plain substring caption search (default: the label as a whole word)",
+    )
+    _add_patch_options(q)
+    _add_csv_options(q)
+    q.set_defaults(func=cmd_poison_backdoor)
+
+    p = sub.add_parser(
+        "train",
+        help="train a CLIP model in memory on one or more CSVs",
+        description="Train on the union of the given CSVs (e.g. train.csv and poisons.csv) and "
+        "save a safetensors checkpoint that open_clip.create_model('local-dir:OUT') loads.",
+    )
+    p.add_argument("--data", required=True, nargs="+", help="CSV files to train on (concatenated)")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    _add_train_options(p)
+    _add_csv_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="zero-shot accuracy, backdoor ASR and z-score of a checkpoint",
+        description="Evaluate a checkpoint on a labelled test CSV.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--test", required=True, help="test CSV with a label column")
+    p.add_argument("--classnames", required=True, help="class names, one per line, in label order")
+    p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    _add_patch_options(p)
+    _add_csv_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("list", help="list model configs, presets or attacks")
+    p.add_argument("what", choices=("models", "presets", "attacks"))
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as err:
+        print(f"poisonclip: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Image–caption datasets as users have them: open_clip-style CSV files plus image files.
+
+The CSV format is open_clip_train's default (tab separator, columns ``filepath`` and ``title``)
+so the same file feeds both our in-memory trainer and ``open_clip_train``; an optional ``label``
+column holds class indices for evaluation splits. Relative image paths are resolved against the
+CSV's directory. Unreadable or corrupt images are skipped, counted and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from poisonclip.errors import UsageError
+
+CSV_SEPARATOR = "\t"
+IMAGE_COLUMN = "filepath"
+CAPTION_COLUMN = "title"
+LABEL_COLUMN = "label"
+
+
+@dataclass
+class ImageTextDataset:
+    """Decoded images and captions, in memory.
+
+    ``images`` uint8 [N, 3, H, W]; ``labels`` int64 [N] with -1 where unknown; ``keys`` are the
+    image paths as written in the source file (stable ids for manifests); ``skipped`` lists
+    ``(key, reason)`` for every sample that could not be loaded.
+    """
+
+    keys: list[str]
+    images: torch.Tensor
+    captions: list[str]
+    labels: torch.Tensor
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        if self.images.shape[0] != n or len(self.captions) != n or self.labels.shape[0] != n:
+            raise ValueError("keys, images, captions and labels must have the same length")
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageTextDataset:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ImageTextDataset(
+            keys=[self.keys[i] for i in idx.tolist()],
+            images=self.images[idx],
+            captions=[self.captions[i] for i in idx.tolist()],
+            labels=self.labels[idx],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[ImageTextDataset]) -> ImageTextDataset:
+        """Concatenate datasets (e.g. clean data ∪ poisons); image sizes must agree."""
+        sizes = {tuple(p.images.shape[1:]) for p in parts}
+        if len(sizes) != 1:
+            raise UsageError(f"cannot concatenate datasets with image shapes {sorted(sizes)}")
+        return ImageTextDataset(
+            keys=[k for p in parts for k in p.keys],
+            images=torch.cat([p.images for p in parts]),
+            captions=[c for p in parts for c in p.captions],
+            labels=torch.cat([p.labels for p in parts]),
+            skipped=[s for p in parts for s in p.skipped],
+        )
+
+
+def write_csv_dataset(
+    csv_path: str | Path,
+    image_dir: str,
+    images: np.ndarray,
+    captions: Sequence[str],
+    labels: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    sep: str = CSV_SEPARATOR,
+) -> list[str]:
+    """Write ``images`` (uint8 [N, H, W, 3]) as PNGs under ``csv_path.parent / image_dir`` and a CSV.
+
+    Returns the keys (relative file paths) written. ``names`` are file stems (default 000000…).
+    """
+    csv_path = Path(csv_path)
+    out_dir = csv_path.parent / image_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = names if names is not None else [f"{i:06d}" for i in range(len(images))]
+    keys = [f"{image_dir}/{name}.png" for name in names]
+    for key, image in zip(keys, images, strict=True):
+        Image.fromarray(image).save(csv_path.parent / key, compress_level=1)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=sep)
+        header = [IMAGE_COLUMN, CAPTION_COLUMN] + ([LABEL_COLUMN] if labels is not None else [])
+        writer.writerow(header)
+        for i, (key, caption) in enumerate(zip(keys, captions, strict=True)):
+            writer.writerow([key, caption] + ([int(labels[i])] if labels is not None else []))
+    return keys
+
+
+def load_image(path: Path, image_size: int | None) -> np.ndarray:
+    """Decode one image to uint8 [H, W, 3]; resize (shorter side) and centre-crop to ``image_size``."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if image_size is not None and im.size != (image_size, image_size):
+            w, h = im.size
+            ratio = image_size / min(w, h)
+            im = im.resize(
+                (max(image_size, round(w * ratio)), max(image_size, round(h * ratio))),
+                Image.Resampling.BICUBIC,
+            )
+            w, h = im.size
+            left, top = (w - image_size) // 2, (h - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+        return np.asarray(im, dtype=np.uint8)
+
+
+def read_csv_dataset(
+    csv_path: str | Path,
+    image_size: int | None = None,
+    sep: str = CSV_SEPARATOR,
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
+    label_column: str | None = LABEL_COLUMN,
+    progress: bool = True,
+) -> ImageTextDataset:
+    """Read an open_clip-style CSV and decode its images into memory.
+
+    Rows whose image is missing, unreadable or corrupt, or whose caption is empty, are skipped and
+    listed in ``dataset.skipped`` (a warning reports the count). ``label_column`` is used when
+    present in the file. Without ``image_size`` all images must already share one size.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UsageError(f"dataset file not found: {csv_path}")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter=sep))
+        fieldnames = rows[0].keys() if rows else []
+    for column in (image_column, caption_column):
+        if rows and column not in fieldnames:
+            raise UsageError(
+                f"{csv_path}: no column {column!r} (columns: {', '.join(fieldnames)}; separator {sep!r})"
+            )
+    has_labels = label_column is not None and label_column in fieldnames
+    keys, arrays, captions, labels, skipped = [], [], [], [], []
+    for row in tqdm(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
+        key, caption = row[image_column], (row[caption_column] or "").strip()
+        if not caption:
+            skipped.append((key, "empty caption"))
+            continue
+        path = Path(key) if Path(key).is_absolute() else csv_path.parent / key
+        try:
+            array = load_image(path, image_size)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad files
+            skipped.append((key, f"{type(err).__name__}: {err}"))
+            continue
+        if arrays and array.shape != arrays[0].shape:
+            raise UsageError(
+                f"{key}: image shape {array.shape} differs from {arrays[0].shape}; pass image_size"
+            )
+        keys.append(key)
+        arrays.append(array)
+        captions.append(caption)
+        labels.append(int(row[label_column]) if has_labels else -1)
+    if skipped:
+        warnings.warn(
+            f"{csv_path}: skipped {len(skipped)} of {len(rows)} samples "
+            f"(first: {skipped[0][0]}: {skipped[0][1]})",
+            stacklevel=2,
+        )
+    if not keys:
+        raise UsageError(f"{csv_path}: no readable samples")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageTextDataset(keys, images, captions, torch.tensor(labels), skipped)
+
+
+def read_classnames(path: str | Path) -> list[str]:
+    """One class name per line, in label order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"class-name file not found: {path}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if len(names) < 2:
+        raise UsageError(f"{path}: need at least two class names")
+    return names

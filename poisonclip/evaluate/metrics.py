@@ -1,0 +1,73 @@
+"""Metrics as pure functions on tensors: accuracy, attack success, backdoor z-score."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``predictions`` [N] equal to ``labels`` [N]."""
+    return (predictions == labels).double().mean().item()
+
+
+def attack_success_rate(predictions: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Fraction of samples whose true class is not ``target`` that are predicted as ``target``.
+
+    ``predictions`` and ``labels`` int [N]. With predictions on *patched* images this is the
+    backdoor ASR; on the same images unpatched it is the natural rate (the ASR's chance level).
+    """
+    mask = labels != target
+    if not mask.any():
+        raise ValueError("no samples outside the target class")
+    return (predictions[mask] == target).double().mean().item()
+
+
+def pair_similarity_moments(features: torch.Tensor, chunk_size: int = 8192) -> tuple[float, float]:
+    """Mean and standard deviation of the cosine similarity over all pairs i ≠ j.
+
+    ``features`` [N, D] (normalised here). Exact, in O(N·D²) time and O(D²) memory, with
+    S = X Xᵀ: Σ_{i≠j} S_ij = ‖Σ_i x_i‖² − Σ_i ‖x_i‖²  and  Σ_{i≠j} S_ij² = ‖XᵀX‖_F² − Σ_i ‖x_i‖⁴,
+    accumulated in float64 over chunks of rows.
+    """
+    n, d = features.shape
+    if n < 2:
+        raise ValueError("need at least two samples")
+    total = torch.zeros(d, dtype=torch.float64)
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    diag, diag_sq = 0.0, 0.0
+    for start in range(0, n, chunk_size):
+        x = features[start : start + chunk_size].to(torch.float64)
+        x = x / x.norm(dim=1, keepdim=True)
+        total += x.sum(dim=0)
+        gram += x.T @ x
+        norms = (x * x).sum(dim=1)
+        diag, diag_sq = diag + norms.sum().item(), diag_sq + (norms * norms).sum().item()
+    pairs = n * (n - 1)
+    mean = (total @ total).item() - diag
+    mean /= pairs
+    mean_sq = ((gram * gram).sum().item() - diag_sq) / pairs
+    return mean, max(mean_sq - mean * mean, 0.0) ** 0.5
+
+
+def backdoor_zscore(clean_features: torch.Tensor, patched_features: torch.Tensor) -> float:
+    """Backdoor z-score (paper §5.1, Definition 1).
+
+    ``clean_features`` [N, D] and ``patched_features`` [M, D] embed the same non-target images
+    without and with the trigger. z = (mean patched-pair cosine − mean clean-pair cosine) / std of
+    clean-pair cosines, over pairs i ≠ j. The paper's formula writes Var⁻¹, but its text
+    ("standard deviations") and its numbers use the standard deviation, as we do.
+    """
+    clean_mean, clean_std = pair_similarity_moments(clean_features)
+    patched_mean, _ = pair_similarity_moments(patched_features)
+    return (patched_mean - clean_mean) / clean_std
+
+
+def sample_pair_similarities(
+    features: torch.Tensor, num_pairs: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Cosine similarities float32 [num_pairs] of random pairs i ≠ j of ``features`` [N, D]."""
+    n = features.shape[0]
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    i = torch.randint(n, (num_pairs,), generator=generator)
+    j = (i + torch.randint(1, n, (num_pairs,), generator=generator)) % n  # j ≠ i
+    return (x[i] * x[j]).sum(dim=1)

@@ -1,0 +1,79 @@
+"""One model, one test set: clean zero-shot accuracy and the backdoor metrics, following the toy
+protocol (ASR and z-score over the test images whose true class is not the target)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from poisonclip.attacks.patch import apply_patch, patch_positions
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.errors import UsageError
+from poisonclip.evaluate.embeddings import encode_images
+from poisonclip.evaluate.metrics import (
+    accuracy,
+    attack_success_rate,
+    backdoor_zscore,
+    pair_similarity_moments,
+)
+from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
+
+
+@dataclass
+class BackdoorEvaluation:
+    """Flat metrics plus the embeddings behind them (for similarity plots)."""
+
+    metrics: dict[str, float]
+    clean_features: torch.Tensor  # [N_nontarget, D]
+    patched_features: torch.Tensor  # [N_nontarget, D]
+
+
+def evaluate_backdoor(
+    model: torch.nn.Module,
+    test: ImageTextDataset,
+    classnames: Sequence[str],
+    target_label: str,
+    patch_size: int,
+    placement: str = "consistent",
+    seed: int = 0,
+    templates: str | Sequence[str] = "synthetic",
+    context_length: int = 77,
+) -> BackdoorEvaluation:
+    """Zero-shot accuracy on clean ``test`` images, and ASR / natural rate / z-score for the trigger.
+
+    The trigger is pasted at evaluation time with ``placement`` (positions seeded by ``seed``).
+    No augmentation at evaluation.
+    """
+    if target_label not in classnames:
+        raise UsageError(f"target label {target_label!r} is not a class name")
+    if (test.labels < 0).any():
+        raise UsageError("the test set needs a class label for every image")
+    target = list(classnames).index(target_label)
+    classifier = zero_shot_classifier(model, classnames, templates, context_length)
+    clean_features = encode_images(model, test.images)
+    clean_pred = zero_shot_predict(clean_features, classifier)
+
+    nontarget = test.labels != target
+    generator = torch.Generator().manual_seed(seed)
+    positions = patch_positions(int(nontarget.sum()), test.images.shape[-1], patch_size, placement, generator)
+    patched_features = encode_images(model, apply_patch(test.images[nontarget], positions, patch_size))
+    patched_pred = zero_shot_predict(patched_features, classifier)
+    nontarget_labels = test.labels[nontarget]
+
+    clean_mean, clean_std = pair_similarity_moments(clean_features[nontarget])
+    patched_mean, patched_std = pair_similarity_moments(patched_features)
+    metrics = {
+        "zero_shot_acc": accuracy(clean_pred, test.labels),
+        "asr": attack_success_rate(patched_pred, nontarget_labels, target),
+        "natural_rate": attack_success_rate(clean_pred[nontarget], nontarget_labels, target),
+        "zscore": backdoor_zscore(clean_features[nontarget], patched_features),
+        "clean_pair_mean": clean_mean,
+        "clean_pair_std": clean_std,
+        "patched_pair_mean": patched_mean,
+        "patched_pair_std": patched_std,
+        "num_test": len(test),
+        "num_nontarget": int(nontarget.sum()),
+    }
+    return BackdoorEvaluation(metrics, clean_features[nontarget], patched_features)

@@ -1,0 +1,61 @@
+"""One trial = train one model on (clean data ∪ poisons) and evaluate it. Sweeps are grids of these."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.evaluate.suite import BackdoorEvaluation, evaluate_backdoor
+from poisonclip.train.checkpoint import save_checkpoint
+from poisonclip.train.config import TrainConfig
+from poisonclip.train.loop import TrainStats, train_clip
+from poisonclip.train.model import context_length_of, create_model, get_model_config, tokenize
+
+
+def train_model(
+    dataset: ImageTextDataset,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, dict, TrainStats]:
+    """Build the configured model from ``config.seed``, train it on ``dataset``, optionally save it."""
+    model_config = get_model_config(config.model)
+    model = create_model(model_config, seed=config.seed)
+    stats = train_clip(model, dataset.images, tokenize(dataset.captions, model_config), config, progress)
+    if checkpoint_dir is not None:
+        save_checkpoint(checkpoint_dir, model, model_config, config, stats)
+    return model, model_config, stats
+
+
+def train_and_evaluate_backdoor(
+    dataset: ImageTextDataset,
+    test: ImageTextDataset,
+    classnames: list[str],
+    config: TrainConfig,
+    target_label: str,
+    patch_size: int,
+    eval_placement: str = "consistent",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict, BackdoorEvaluation]:
+    """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation)."""
+    model, model_config, stats = train_model(dataset, config, checkpoint_dir, progress)
+    evaluation = evaluate_backdoor(
+        model,
+        test,
+        classnames,
+        target_label,
+        patch_size,
+        placement=eval_placement,
+        seed=config.seed,
+        context_length=context_length_of(model_config),
+    )
+    metrics = {
+        **evaluation.metrics,
+        **{f"train_{k}": v for k, v in dataclasses.asdict(stats).items()},
+    }
+    metrics["train_seconds"] = stats.train_seconds
+    return metrics, evaluation

@@ -1,0 +1,5 @@
+"""Reports and figures, read from results on disk."""
+
+from poisonclip.report.figures import plot_similarity_histograms
+
+__all__ = ["plot_similarity_histograms"]

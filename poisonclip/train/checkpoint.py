@@ -1,0 +1,63 @@
+"""Checkpoints as open_clip reads them: ``open_clip.create_model("local-dir:DIR")`` loads ours.
+
+DIR/open_clip_model.safetensors   weights (safetensors: no pickle, safe to load)
+DIR/open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} (open_clip's schema)
+DIR/train_config.json             the resolved TrainConfig and training stats
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+from poisonclip.data.io import atomic_path
+from poisonclip.errors import UsageError
+from poisonclip.train.config import TrainConfig
+from poisonclip.train.loop import IMAGE_MEAN, IMAGE_STD, TrainStats
+from poisonclip.train.model import image_size_of
+
+WEIGHTS_NAME = "open_clip_model.safetensors"
+CONFIG_NAME = "open_clip_config.json"
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: torch.nn.Module,
+    model_config: dict,
+    train_config: TrainConfig | None = None,
+    stats: TrainStats | None = None,
+) -> Path:
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    preprocess = {"size": image_size_of(model_config), "mean": IMAGE_MEAN, "std": IMAGE_STD}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_file(state, tmp / WEIGHTS_NAME)
+        config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        meta = {
+            "train_config": dataclasses.asdict(train_config) if train_config else None,
+            "stats": dataclasses.asdict(stats) if stats else None,
+        }
+        (tmp / "train_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a checkpoint directory written by ``save_checkpoint``. Returns (model, model_config)."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise UsageError(f"{path}: not a poisonclip checkpoint (needs {CONFIG_NAME}, {WEIGHTS_NAME})")
+    model_config = json.loads((path / CONFIG_NAME).read_text())["model_cfg"]
+    logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every lookup at INFO
+    try:
+        model = open_clip.create_model(f"local-dir:{path}", device=device)
+    except RuntimeError as err:
+        raise UsageError(f"{path}: weights do not match the model config: {err}") from err
+    return model.eval(), model_config

@@ -1,0 +1,69 @@
+"""Training configuration: a frozen dataclass, filled from a named JSON preset and CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from poisonclip.errors import UsageError
+
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one model. Defaults equal the ``demo`` preset."""
+
+    model: str = "toy-vit-w64"  # a config in poisonclip/train/model_configs, open_clip name, or JSON path
+    epochs: int = 12
+    batch_size: int = 256  # global batch; the last partial batch of an epoch is dropped
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum SGD, the paper's choice)
+    lr: float = 2e-3  # peak learning rate after warm-up
+    weight_decay: float = 0.1  # not applied to gains, biases and logit_scale (as open_clip)
+    momentum: float = 0.9  # SGD only
+    warmup_fraction: float = 0.1  # linear warm-up over this fraction of steps, then cosine to 0
+    seed: int = 0  # model initialisation and data order
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise UsageError("epochs must be >= 1 and batch_size >= 2")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+            raise UsageError("need lr > 0, weight_decay >= 0 and warmup_fraction in [0, 1)")
+
+    def replace(self, **changes: object) -> TrainConfig:
+        """A copy with ``changes`` applied; ``None`` values are ignored (unset CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("poisonclip.train") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name_or_path: str) -> TrainConfig:
+    """A TrainConfig from a preset name (``demo``, ``paper``, ``tiny``) or a JSON file path.
+
+    Unknown keys are rejected; keys starting with ``_`` are comments.
+    """
+    path = Path(name_or_path)
+    if name_or_path in list_presets():
+        text = (resources.files("poisonclip.train") / "presets" / f"{name_or_path}.json").read_text()
+    elif path.suffix == ".json" and path.is_file():
+        text = path.read_text()
+    else:
+        raise UsageError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())}")
+    values = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(values) - known):
+        raise UsageError(f"preset {name_or_path!r}: unknown keys {unknown}")
+    return TrainConfig(**values)

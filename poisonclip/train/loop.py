@@ -1,0 +1,143 @@
+"""The in-memory trainer: pre-decoded uint8 images and pre-tokenised captions, one visible loop.
+
+No data loader: the whole (small) dataset is a uint8 tensor, so a step is an index, a float
+conversion and a forward/backward pass. This is what makes many small sweep trials cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from tqdm.auto import tqdm
+
+from poisonclip.train.config import TrainConfig
+
+IMAGE_MEAN = open_clip.OPENAI_DATASET_MEAN
+IMAGE_STD = open_clip.OPENAI_DATASET_STD
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    samples_seen: int
+    train_seconds: float
+    samples_per_second: float
+    final_loss: float
+    final_logit_scale: float
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto`` means bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, 3, H, W], scaled to [0, 1] and standardised (CLIP's stats)."""
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # As open_clip: no weight decay on gains, biases and the temperature.
+    def no_decay(name: str, p: torch.Tensor) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in named if not no_decay(n, p)],
+            "weight_decay": config.weight_decay,
+        },
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
+    warmup = int(config.warmup_fraction * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+def train_clip(
+    model: open_clip.CLIP,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    config: TrainConfig,
+    progress: bool = True,
+) -> TrainStats:
+    """Train ``model`` in place with the CLIP loss on ``images`` uint8 [N, 3, H, W], ``tokens`` [N, L].
+
+    Deterministic on the CPU for a given ``config.seed`` (data order) and model initialisation.
+    """
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(config.precision, device)
+    n = images.shape[0]
+    steps_per_epoch = n // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n})")
+    total_steps = steps_per_epoch * config.epochs
+
+    model.to(device).train()
+    images, tokens = images.to(device), tokens.to(device)  # small enough to live on the device
+    loss_fn = open_clip.ClipLoss()
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+    order = torch.Generator().manual_seed(config.seed)
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress)
+    start, loss_value = time.perf_counter(), float("nan")
+
+    for step in range(total_steps):
+        if step % steps_per_epoch == 0:
+            perm = torch.randperm(n, generator=order).to(device)
+        batch = perm[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, config)
+
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            image_features = model.encode_image(normalize_images(images[batch]), normalize=True)
+            text_features = model.encode_text(tokens[batch], normalize=True)  # [B, D] each
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():  # as CLIP: temperature at most 100
+            model.logit_scale.clamp_(0, math.log(100))
+
+        if step % 10 == 0 or step == total_steps - 1:
+            loss_value = loss.item()
+            rate = (step + 1) * config.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_value:.3f}", samples_s=f"{rate:,.0f}")
+        bar.update()
+    bar.close()
+
+    seconds = time.perf_counter() - start
+    model.eval()
+    return TrainStats(
+        steps=total_steps,
+        samples_seen=total_steps * config.batch_size,
+        train_seconds=seconds,
+        samples_per_second=total_steps * config.batch_size / seconds,
+        final_loss=loss_value,
+        final_logit_scale=model.logit_scale.detach().exp().item(),
+    )

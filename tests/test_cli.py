@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from poisonclip.cli import main
+
+
+def run(args):
+    return main([str(a) for a in args])
+
+
+def test_help_works_for_every_command(capsys):
+    for args in (
+        [],
+        ["demo"],
+        ["data", "synth"],
+        ["poison", "backdoor"],
+        ["train"],
+        ["evaluate"],
+        ["list"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--help"])
+        assert exit_info.value.code == 0
+    assert "--patch-size" in capsys.readouterr().out  # options are explained
+
+
+def test_demo_end_to_end_writes_metrics_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = run(["demo", "--out", out, "--num-train", 300, "--poison-count", 6, "--preset", "tiny",
+                "--no-progress"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("clean", "backdoor"):
+        for key in ("zero_shot_acc", "asr", "zscore", "natural_rate", "train_seconds"):
+            assert isinstance(metrics[model][key], float)
+    assert metrics["poison_count"] == 6
+    assert metrics["poison_rate"] == pytest.approx(6 / 306)
+    assert metrics["train_seconds"] > 0
+    assert (out / "similarity_histograms.png").stat().st_size > 10_000
+    assert len((out / "poisons" / "manifest.jsonl").read_text().splitlines()) == 6
+    assert "backdoor z-score" in capsys.readouterr().out
+
+
+def test_poison_train_evaluate_pipeline(small_data_dir, tmp_path, capsys):
+    poisons = tmp_path / "poisons"
+    ckpt = tmp_path / "ckpt"
+    assert run(["poison", "backdoor", "--data", small_data_dir / "train.csv", "--out", poisons,
+                "--poison-count", 8, "--target-label", "star"]) == 0  # fmt: skip
+    assert run(["train", "--data", small_data_dir / "train.csv", poisons / "poisons.csv",
+                "--out", ckpt, "--preset", "tiny", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert run(["evaluate", "--checkpoint", ckpt, "--test", small_data_dir / "test.csv",
+                "--classnames", small_data_dir / "classnames.txt", "--target-label", "star",
+                "--out", tmp_path / "m.json"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "m.json").read_text())
+    assert 0 <= printed["asr"] <= 1 and printed["num_test"] == 120
+    assert run(["list", "models"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--patch-size", 33], "does not fit"),
+        (["--target-label", "zebra"], "appears in no training caption"),
+        (["--poison-count", 100_000], "exceeds"),
+    ],
+)
+def test_poison_bad_inputs_exit_2_and_write_nothing(small_data_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "p"
+    args = ["poison", "backdoor", "--data", small_data_dir / "train.csv", "--out", out,
+            "--poison-count", 5, *extra]  # fmt: skip
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_config_exits_2_and_writes_nothing(small_data_dir, tmp_path, capsys):
+    out = tmp_path / "ck"
+    assert run(["train", "--data", small_data_dir / "train.csv", "--out", out,
+                "--model", "no-such-model"]) == 2  # fmt: skip
+    assert "unknown model config" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_demo_bad_target_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run(["demo", "--out", out, "--target-label", "zebra", "--preset", "tiny"]) == 2
+    assert not out.exists()
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["poison", "backdoor", "--placement", "middle"])
+    assert exit_info.value.code == 2
