@@ -138,6 +138,70 @@ def cmd_poison_backdoor(args: argparse.Namespace) -> None:
     print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {out}")
 
 
+def _target_from_args(args: argparse.Namespace, image_size: int):
+    """x′ from --target-image, or row --target-index of --target-split (with its class, if labelled)."""
+    import torch
+
+    from poisonclip.attacks.targeted import Target
+    from poisonclip.data.dataset import load_image, read_classnames
+
+    if args.target_image is not None:
+        try:
+            array = load_image(Path(args.target_image), image_size)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad files
+            raise UsageError(f"cannot read target image {args.target_image}: {err}") from err
+        image = torch.tensor(array).permute(2, 0, 1).contiguous()  # copies PIL's read-only array
+        return Target(image, args.target_label, args.target_image)
+    if args.target_split is None:
+        raise UsageError("--target-index needs --target-split")
+    split = _read_csv(args.target_split, args, image_size)
+    index = args.target_index
+    if not 0 <= index < len(split):
+        raise UsageError(f"--target-index {index} is outside the {len(split)} samples of {args.target_split}")
+    true_label = None
+    if (label := int(split.labels[index])) >= 0:
+        classnames_file = args.classnames or Path(args.target_split).parent / "classnames.txt"
+        if not Path(classnames_file).is_file():
+            raise UsageError(f"{args.target_split} is labelled: pass --classnames to name its classes")
+        classnames = read_classnames(classnames_file)
+        if label >= len(classnames):
+            raise UsageError(f"label {label} of the target has no name in {classnames_file}")
+        true_label = classnames[label]
+    return Target(split.images[index], args.target_label, split.keys[index], index, true_label)
+
+
+def cmd_poison_targeted(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from poisonclip.attacks.poison_set import write_poison_set
+    from poisonclip.attacks.targeted import make_targeted
+
+    dataset = _read_csv(args.data, args)
+    target = _target_from_args(args, dataset.images.shape[-1])
+    poisons = make_targeted(
+        dataset,
+        target,
+        poison_count=args.poison_count,
+        captions=args.captions,
+        seed=args.seed,
+        noise_std=args.noise_std,
+        perturb_captions=args.perturb_captions,
+        word_boundary=not args.substring,
+        template_set=args.templates,
+    )
+    out = write_poison_set(args.out, poisons)
+    rate = len(poisons) / (len(dataset) + len(poisons))
+    sources = Counter(row["caption_source"] for row in poisons.manifest)
+    psnrs = [row["psnr_db"] for row in poisons.manifest if row["psnr_db"] is not None]
+    noise = f"min PSNR {min(psnrs):.1f} dB" if psnrs else "exact copies"
+    print(
+        f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) of {target.key} as "
+        f"{target.label!r} to {out}; captions: "
+        + ", ".join(f"{n} {source}" for source, n in sorted(sources.items()))
+        + f"; {noise}"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
     from poisonclip.experiments.trial import train_model
@@ -253,6 +317,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch_options(q)
     _add_csv_options(q)
     q.set_defaults(func=cmd_poison_backdoor)
+
+    q = poison_sub.add_parser(
+        "targeted",
+        help="one image x' with many captions of label y' (targeted poisoning)",
+        description="Write poison-only data (poisons.csv + images + manifest.jsonl) that makes the "
+        "target image x' be classified as the target label y' (paper section 3.1): copies of x', "
+        "each paired with a caption for y'. The input dataset is not modified.",
+    )
+    q.add_argument("--data", required=True, help="training CSV (open_clip format); captions are searched")
+    q.add_argument("--out", required=True, help="output directory for the poison set")
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--target-image", help="x' from an image file (resized/cropped to the data's size)")
+    which.add_argument("--target-index", type=int, help="x' as this 0-based sample of --target-split")
+    q.add_argument("--target-split", help="held-out CSV that --target-index points into")
+    q.add_argument(
+        "--classnames",
+        help="class names of --target-split's labels, to refuse an x' already of class y' "
+        "(default: classnames.txt beside --target-split)",
+    )
+    q.add_argument("--target-label", required=True, help="the label y' that x' should get")
+    q.add_argument("--poison-count", type=int, required=True, help="number of poisons (copies of x')")
+    q.add_argument(
+        "--captions",
+        choices=("search", "templates", "both"),
+        default="search",
+        help="caption set: training captions containing y' (search), prompt templates formatted "
+        "with y' (templates), or half of each (both); subsampled or repeated to --poison-count",
+    )
+    q.add_argument(
+        "--templates", default="openai", help="prompt set for templates: openai (CLIP's 80) or synthetic"
+    )
+    q.add_argument(
+        "--substring",
+        action="store_true",
+        help="plain substring caption search (default: the label as a whole word)",
+    )
+    q.add_argument(
+        "--noise-std",
+        type=float,
+        default=1.0,
+        help="dedup evasion: Gaussian pixel noise per copy, in 8-bit levels, so no two copies are "
+        "identical (default 1.0: PSNR about 48 dB; 0 = exact copies)",
+    )
+    q.add_argument(
+        "--perturb-captions",
+        action="store_true",
+        help="dedup evasion: synonym substitution and an inserted irrelevant word in each caption "
+        "(the label is never touched)",
+    )
+    q.add_argument("--seed", type=int, default=0, help="seed for caption choice, noise and perturbation")
+    _add_csv_options(q)
+    q.set_defaults(func=cmd_poison_targeted)
 
     p = sub.add_parser(
         "train",

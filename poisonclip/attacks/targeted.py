@@ -1,0 +1,327 @@
+"""The targeted poisoning attack (paper §3.1, §4.2): make one image x′ be classified as label y′.
+
+P = {(x′, c) : c ∈ caption set}, added to the training set (X′ = P ∪ X). The caption set is built
+from the label string y′ alone:
+
+* ``search``: training captions that contain y′ (the paper's naive method: reads captions only, and
+  keeps the misleading matches — "basketball hoop" — it finds);
+* ``templates``: the zero-shot prompt templates formatted with y′ (the paper's second method, which
+  assumes knowledge of the 80 OpenAI prompts);
+* ``both``: half of the poisons from each.
+
+Either pool is subsampled without replacement, or repeated as evenly as possible, to reach the
+requested poison count. Optional dedup evasion (:mod:`poisonclip.attacks.dedup`): per-copy pixel
+noise and caption perturbation.
+
+``make_targeted_many`` puts K independent targets into one poison set (one model measures K
+attacks, as in the paper); ``choose_targets`` draws them from a labelled held-out split.
+``make_text_targeted`` is the variant aimed at the text encoder g (paper §3.2, footnote 1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from poisonclip.attacks.dedup import DEFAULT_NOISE_STD, add_pixel_noise, image_hash, perturb_caption
+from poisonclip.attacks.poison_set import PoisonSet
+from poisonclip.attacks.registry import register_attack
+from poisonclip.data.captions import search_captions
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.errors import UsageError
+from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
+
+CAPTION_SOURCES: tuple[str, ...] = ("search", "templates", "both")
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One attack goal: image x′ should be classified as ``label`` (y′).
+
+    ``image`` uint8 [3, H, W]; ``key`` says where x′ came from (a file path or a split's key);
+    ``index`` is its row in that split, if it came from one; ``true_label`` is x′'s own class when
+    known, and must differ from ``label`` (an image already of class y′ is no attack).
+    """
+
+    image: torch.Tensor
+    label: str
+    key: str
+    index: int | None = None
+    true_label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.dtype != torch.uint8 or self.image.ndim != 3 or self.image.shape[0] != 3:
+            raise UsageError(
+                f"target image must be uint8 [3, H, W], got {self.image.dtype} {tuple(self.image.shape)}"
+            )
+        if not self.label.strip():
+            raise UsageError("empty target label")
+        if self.true_label is not None and self.true_label.strip().lower() == self.label.strip().lower():
+            raise UsageError(
+                f"target image {self.key} is already of class {self.label!r}; "
+                "choose an image of another class or another target label"
+            )
+
+
+@dataclass(frozen=True)
+class CaptionChoice:
+    """One caption of the caption set and where it came from."""
+
+    text: str
+    source: str  # "search" or "template"
+    ref: str  # the training sample's key, or "<template set>#<template index>"
+
+
+def format_templates(template_set: str, label: str) -> list[str]:
+    """The prompts of ``TEMPLATE_SETS[template_set]`` with ``label`` filled in.
+
+    The "openai" set holds open_clip's callables, "synthetic" holds format strings.
+    """
+    if template_set not in TEMPLATE_SETS:
+        raise UsageError(f"unknown template set {template_set!r}; have {sorted(TEMPLATE_SETS)}")
+    templates: Sequence[str | Callable[[str], str]] = TEMPLATE_SETS[template_set]
+    return [t(label) if callable(t) else t.format(label) for t in templates]
+
+
+def subset_or_repeat(pool_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` indices int64 into a pool of ``pool_size``: a random subset if the pool is large
+    enough, else whole shuffled passes over the pool plus a random subset, so that every entry is
+    used ⌊count / pool_size⌋ or ⌈count / pool_size⌉ times (the paper's "subset or repeat")."""
+    passes = -(-count // pool_size)
+    return torch.cat([torch.randperm(pool_size, generator=generator) for _ in range(passes)])[:count]
+
+
+def build_caption_set(
+    dataset: ImageTextDataset,
+    label: str,
+    count: int,
+    source: str,
+    generator: torch.Generator,
+    template_set: str = "openai",
+    word_boundary: bool = True,
+) -> list[CaptionChoice]:
+    """``count`` captions for label ``label`` from ``source`` (search, templates or both; see module).
+
+    With ``both``, ⌈count/2⌉ come from the templates and the rest from the search.
+    """
+    if source not in CAPTION_SOURCES:
+        raise UsageError(f"caption source must be one of {CAPTION_SOURCES}, got {source!r}")
+    if count < 1:
+        raise UsageError(f"poison count must be at least 1, got {count}")
+    num_templates = {"search": 0, "templates": count, "both": -(-count // 2)}[source]
+    chosen = []
+    if num_templates:
+        prompts = format_templates(template_set, label)
+        for i in subset_or_repeat(len(prompts), num_templates, generator).tolist():
+            chosen.append(CaptionChoice(prompts[i], "template", f"{template_set}#{i}"))
+    if source != "templates":
+        hits = search_captions(dataset.captions, label, word_boundary=word_boundary)
+        if not hits:
+            raise UsageError(
+                f"target label {label!r} appears in no training caption; "
+                "use the templates caption source instead"
+            )
+        num_search = count - num_templates  # 0 for "both" with a single poison
+        if num_search:
+            for i in subset_or_repeat(len(hits), num_search, generator).tolist():
+                chosen.append(CaptionChoice(dataset.captions[hits[i]], "search", dataset.keys[hits[i]]))
+    return chosen
+
+
+@register_attack("targeted")
+def make_targeted(
+    dataset: ImageTextDataset,
+    target: Target,
+    poison_count: int,
+    captions: str = "search",
+    seed: int = 0,
+    noise_std: float = DEFAULT_NOISE_STD,
+    perturb_captions: bool = False,
+    word_boundary: bool = True,
+    template_set: str = "openai",
+    target_id: int = 0,
+) -> PoisonSet:
+    """``poison_count`` copies of ``target.image``, each with a caption for ``target.label``.
+
+    ``dataset`` (the training set, left unchanged) supplies the captions for ``search``/``both``
+    and fixes the image size. ``noise_std`` (8-bit levels) adds per-copy Gaussian noise so that
+    no two copies are pixel-identical (0 = exact copies, the paper's P as written);
+    ``perturb_captions`` applies synonym substitution and word insertion around the label.
+    ``target_id`` numbers this target inside a multi-target poison set (file names, manifest).
+    """
+    if tuple(target.image.shape) != tuple(dataset.images.shape[1:]):
+        raise UsageError(
+            f"target image shape {tuple(target.image.shape)} differs from the training images' "
+            f"{tuple(dataset.images.shape[1:])}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = build_caption_set(
+        dataset, target.label, poison_count, captions, generator, template_set, word_boundary
+    )
+    images, psnr_db = add_pixel_noise(target.image, poison_count, noise_std, generator)
+    rng = random.Random(seed)
+    texts = [perturb_caption(c.text, target.label, rng) if perturb_captions else c.text for c in chosen]
+
+    keys = [f"poison/t{target_id:03d}_{i:06d}.png" for i in range(poison_count)]
+    manifest = [
+        {
+            "poison_key": keys[i],
+            "attack": "targeted",
+            "target_id": target_id,
+            "target_key": target.key,
+            "target_index": target.index,
+            "target_true_label": target.true_label,
+            "target_label": target.label,
+            "caption": texts[i],
+            "caption_unperturbed": choice.text,
+            "caption_source": choice.source,
+            "caption_source_key": choice.ref,
+            "noise_std": noise_std,
+            "psnr_db": None if psnr_db[i].isinf() else round(psnr_db[i].item(), 3),  # None: exact copy
+            "seed": seed,
+        }
+        for i, choice in enumerate(chosen)
+    ]
+    samples = ImageTextDataset(keys, images, texts, torch.full((poison_count,), -1))
+    return PoisonSet(samples, manifest)
+
+
+def target_seed(seed: int, target_id: int) -> int:
+    """The poison seed of target ``target_id``: independent of the number of targets, so adding
+    targets to a run never changes the poisons of the earlier ones."""
+    return int(np.random.SeedSequence([seed, target_id]).generate_state(1)[0])
+
+
+def make_targeted_many(
+    dataset: ImageTextDataset,
+    targets: Sequence[Target],
+    poisons_per_target: int,
+    captions: str = "search",
+    seed: int = 0,
+    noise_std: float = DEFAULT_NOISE_STD,
+    perturb_captions: bool = False,
+    word_boundary: bool = True,
+    template_set: str = "openai",
+) -> PoisonSet:
+    """One poison set with ``poisons_per_target`` poisons for each of K independent ``targets``.
+
+    Target k gets ``target_id`` k and the seed ``target_seed(seed, k)``. The target images must be
+    pairwise distinct (otherwise two attacks would pull one image towards two labels).
+    """
+    if not targets:
+        raise UsageError("need at least one target")
+    if len({image_hash(t.image) for t in targets}) != len(targets):
+        raise UsageError("target images collide: every target needs a different image")
+    parts = [
+        make_targeted(
+            dataset,
+            target,
+            poisons_per_target,
+            captions,
+            target_seed(seed, k),
+            noise_std,
+            perturb_captions,
+            word_boundary,
+            template_set,
+            target_id=k,
+        )
+        for k, target in enumerate(targets)
+    ]
+    samples = ImageTextDataset.concat([p.samples for p in parts])
+    return PoisonSet(samples, [row for p in parts for row in p.manifest])
+
+
+def choose_targets(
+    split: ImageTextDataset, classnames: Sequence[str], count: int, seed: int = 0
+) -> list[Target]:
+    """``count`` targets drawn at random (by ``seed``) from the labelled ``split``.
+
+    The images are pairwise distinct (distinct rows, and rows with identical pixels count once);
+    each target label y′ is drawn uniformly from the classes other than the image's own, so x′ is
+    never of class y′ (paper §4.2: a random image, a random wrong class).
+    """
+    num_classes = len(classnames)
+    if num_classes < 2:
+        raise UsageError("need at least two class names to choose wrong labels")
+    if (split.labels < 0).any() or (split.labels >= num_classes).any():
+        raise UsageError(f"every image of the target split needs a label in [0, {num_classes})")
+    if count < 1:
+        raise UsageError(f"number of targets must be at least 1, got {count}")
+    generator = torch.Generator().manual_seed(seed)
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for i in torch.randperm(len(split), generator=generator).tolist():
+        digest = image_hash(split.images[i])
+        if digest in seen:
+            continue
+        seen.add(digest)
+        true_class = int(split.labels[i])
+        wrong = int(torch.randint(num_classes - 1, (1,), generator=generator))
+        wrong += wrong >= true_class  # skip the true class
+        targets.append(Target(split.images[i], classnames[wrong], split.keys[i], i, classnames[true_class]))
+        if len(targets) == count:
+            return targets
+    raise UsageError(f"the target split has only {len(targets)} distinct images, {count} targets asked")
+
+
+@register_attack("targeted-text")
+def make_text_targeted(
+    dataset: ImageTextDataset,
+    target_caption: str,
+    target_label: str,
+    poison_count: int,
+    seed: int = 0,
+    word_boundary: bool = True,
+) -> PoisonSet:
+    """The attack on the text encoder g (paper §3.2, footnote 1): one caption t′, many images of y′.
+
+    P = {(x_i, t′)}: ``poison_count`` different training images whose captions contain
+    ``target_label`` (so, mostly, images of y′ — found by caption search, as the attacker sees no
+    labels), each paired with the same ``target_caption``. The image embeddings of y′ are many and
+    spread, so the cheapest way to fit them is to move g(t′) towards y′ — the mirror image of the
+    image attack, where diverse captions make moving f(x′) the cheapest fit.
+
+    Measured by text-to-image retrieval (``poisonclip.evaluate.targeted.retrieval_ranks``): success
+    when the labelled image that t′ retrieves first is of class y′. ``target_caption`` must not
+    already name y′ (retrieval would succeed on a clean model); pick a caption about something else,
+    e.g. another class, so that success means the text encoder now misreads t′.
+    """
+    if not target_caption.strip():
+        raise UsageError("empty target caption")
+    if search_captions([target_caption], target_label, word_boundary=False):
+        raise UsageError(
+            f"target caption {target_caption!r} already contains the target label {target_label!r}"
+        )
+    if poison_count < 1:
+        raise UsageError(f"poison count must be at least 1, got {poison_count}")
+    pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)
+    if not pool:
+        raise UsageError(f"target label {target_label!r} appears in no training caption")
+    if poison_count > len(pool):
+        raise UsageError(
+            f"poison count {poison_count} exceeds the {len(pool)} training images captioned "
+            f"with {target_label!r} (every poison is a different image)"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    sources = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:poison_count].tolist()]
+    keys = [f"poison/text_{i:06d}.png" for i in range(poison_count)]
+    manifest = [
+        {
+            "poison_key": keys[i],
+            "attack": "targeted-text",
+            "source_key": dataset.keys[src],
+            "source_caption": dataset.captions[src],
+            "caption": target_caption,
+            "target_label": target_label,
+            "seed": seed,
+        }
+        for i, src in enumerate(sources)
+    ]
+    samples = ImageTextDataset(
+        keys, dataset.images[sources], [target_caption] * poison_count, torch.full((poison_count,), -1)
+    )
+    return PoisonSet(samples, manifest)
