@@ -83,6 +83,7 @@ def _read_csv(path: str, args: argparse.Namespace, image_size: int | None = None
         sep=args.csv_separator,
         image_column=args.image_column,
         caption_column=args.caption_column,
+        progress=not getattr(args, "no_progress", False),
     )
 
 
@@ -119,23 +120,76 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {config.num_train} train / {config.num_test} test pairs to {root}")
 
 
-def cmd_poison_backdoor(args: argparse.Namespace) -> None:
-    from poisonclip.attacks.backdoor import make_backdoor
-    from poisonclip.attacks.poison_set import write_poison_set
+def _read_data(path: str, args: argparse.Namespace, image_size: int | None = None):
+    """A CSV or webdataset shards, decoded into memory."""
+    from poisonclip.data.wds import is_shard_url, read_shard_dataset
 
-    dataset = _read_csv(args.data, args)
-    poisons = make_backdoor(
-        dataset,
-        target_label=args.target_label,
-        poison_count=args.poison_count,
-        patch_size=args.patch_size,
-        placement=args.placement,
-        seed=args.seed,
-        word_boundary=not args.substring,
-    )
-    out = write_poison_set(args.out, poisons)
-    rate = len(poisons) / (len(dataset) + len(poisons))
-    print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {out}")
+    if is_shard_url(path):
+        return read_shard_dataset(path, image_size, progress=not getattr(args, "no_progress", False))
+    return _read_csv(path, args, image_size)
+
+
+def _print_faults(faults: Sequence[tuple[str, str]], limit: int = 20) -> None:
+    """The run summary's list of skipped samples and shards (the readers never fail on them)."""
+    if not faults:
+        return
+    print(f"skipped {len(faults)} faulty samples or shards:")
+    for key, reason in faults[:limit]:
+        print(f"  {key}: {reason}")
+    if len(faults) > limit:
+        print(f"  ... and {len(faults) - limit} more")
+
+
+def cmd_poison_backdoor(args: argparse.Namespace) -> None:
+    from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
+    from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
+    from poisonclip.data.wds import is_shard_url
+
+    shards = is_shard_url(args.data)
+    output_format = args.format or ("wds" if shards else "csv")
+    if output_format == "wds" and not shards:
+        raise UsageError("--format wds needs shards as --data: open_clip_train cannot join a CSV and shards")
+    if args.merged_csv and (shards or output_format != "csv"):
+        raise UsageError("--merged-csv needs a CSV as --data and --format csv")
+    attack = {
+        "target_label": args.target_label,
+        "poison_count": args.poison_count,
+        "patch_size": args.patch_size,
+        "placement": args.placement,
+        "seed": args.seed,
+        "word_boundary": not args.substring,
+    }
+    if shards:
+        poisons, scan = make_backdoor_from_shards(
+            args.data, **attack, image_size=args.image_size, progress=not args.no_progress
+        )
+        num_clean, faults = len(scan), scan.skipped + poisons.samples.skipped
+        print(
+            f"scanned {len(scan):,} captions in {scan.seconds:.1f} s ({scan.captions_per_second:,.0f} "
+            f"captions/s, {scan.parquet_shards} of {len(scan.urls)} shards from parquet, no image "
+            f"decoded); {len(scan.matches):,} contain {args.target_label!r}"
+        )
+    else:
+        dataset = _read_csv(args.data, args, args.image_size)
+        poisons = make_backdoor(dataset, **attack)
+        num_clean, faults = len(dataset), dataset.skipped
+    rate = len(poisons) / (num_clean + len(poisons))
+    if output_format == "wds":
+        written = write_poison_shards(args.out, poisons, args.samples_per_shard, args.image_format)
+        print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {args.out}")
+        print(
+            f"train with: --train-data '{args.data}::{written.url}' "
+            f"--train-num-samples {num_clean + len(poisons)}"
+        )
+    else:
+        out = write_poison_set(args.out, poisons)
+        print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {out}")
+        if args.merged_csv:
+            rows = write_merged_csv(
+                args.merged_csv, args.data, out, args.csv_separator, args.image_column, args.caption_column
+            )
+            print(f"wrote {rows} rows (data, then poisons) to {args.merged_csv}")
+    _print_faults(faults)
 
 
 def _target_from_args(args: argparse.Namespace, image_size: int):
@@ -202,14 +256,53 @@ def cmd_poison_targeted(args: argparse.Namespace) -> None:
     )
 
 
+def _train_open_clip(config, args: argparse.Namespace) -> None:
+    import shlex
+
+    from poisonclip.train.open_clip_backend import (
+        OpenClipRun,
+        build_command,
+        format_command,
+        join_train_data,
+        run_open_clip,
+        submit_slurm,
+    )
+
+    run = OpenClipRun(
+        train_data=join_train_data(args.data),
+        train_num_samples=args.train_num_samples,
+        nproc_per_node=args.nproc_per_node,
+        workers=args.workers,
+        logs=args.logs or str(Path(args.out).parent / "logs"),
+        name=args.name or Path(args.out).name,
+        csv_separator=args.csv_separator,
+        csv_image_column=args.image_column,
+        csv_caption_column=args.caption_column,
+        extra_args=tuple(shlex.split(args.open_clip_args or "")),
+    )
+    if args.dry_run:  # a command to run elsewhere: assume GPUs there (auto precision = bf16)
+        print(format_command(build_command(config, run, cuda=config.device != "cpu")))
+    elif args.slurm_partition:
+        job = submit_slurm(config, run, args.out, args.slurm_partition, args.slurm_timeout_min)
+        print(f"submitted SLURM job {job.job_id}; logs in {run.experiment_dir}, checkpoint to {args.out}")
+    else:
+        out = run_open_clip(config, run, args.out)
+        print(f"open_clip_train finished; checkpoint converted to {out}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
     from poisonclip.experiments.trial import train_model
     from poisonclip.train.model import get_model_config, image_size_of
 
     config = _train_config(args)
+    if args.backend == "open_clip":
+        _train_open_clip(config, args)
+        return
+    if args.dry_run or args.slurm_partition:
+        raise UsageError("--dry-run and --slurm-partition need --backend open_clip")
     image_size = image_size_of(get_model_config(config.model))  # validates the model name early
-    dataset = ImageTextDataset.concat([_read_csv(path, args, image_size) for path in args.data])
+    dataset = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.data])
     _, _, stats = train_model(dataset, config, args.out, progress=not args.no_progress)
     print(
         f"trained {stats.steps} steps ({stats.samples_per_second:,.0f} samples/s, "
@@ -225,8 +318,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonclip.train.model import context_length_of, image_size_of
 
     model, model_config = load_checkpoint(args.checkpoint)
-    classnames = read_classnames(args.classnames)
-    test = _read_csv(args.test, args, image_size_of(model_config))
+    if args.imagefolder:
+        from poisonclip.data.imagefolder import class_directories, read_imagefolder, resolve_classnames
+
+        classnames = resolve_classnames(args.classnames, class_directories(args.imagefolder))
+        test = read_imagefolder(args.imagefolder, image_size_of(model_config), args.max_per_class)
+    else:
+        if args.classnames is None:
+            raise UsageError("--test needs --classnames (one name per line, in label order)")
+        classnames = read_classnames(args.classnames)
+        test = _read_data(args.test, args, image_size_of(model_config))
     evaluation = evaluate_backdoor(
         model,
         test,
@@ -302,10 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = poison_sub.add_parser(
         "backdoor",
         help="checkerboard patch on many images, captioned with the target label",
-        description="Write poison-only data (poisons.csv + images + manifest.jsonl) to add to "
-        "the training set; the input dataset is not modified.",
+        description="Write poison-only data (poisons.csv + images, or webdataset shards, + "
+        "manifest.jsonl) to add to the training set; the input dataset is not modified.",
     )
-    q.add_argument("--data", required=True, help="training CSV (open_clip format)")
+    q.add_argument(
+        "--data",
+        required=True,
+        help="training CSV (open_clip format) or webdataset shards in img2dataset's layout "
+        "('dir/{00000..00331}.tar'; captions are read from the parquet files, no image is decoded "
+        "but the chosen ones)",
+    )
     q.add_argument("--out", required=True, help="output directory for the poison set")
     q.add_argument("--poison-count", type=int, required=True, help="number of poisons")
     q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
@@ -314,6 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain substring caption search (default: the label as a whole word)",
     )
+    q.add_argument(
+        "--format",
+        choices=("csv", "wds"),
+        help="poisons.csv + PNGs, or webdataset shards to join as 'original::poisons' "
+        "(default: wds for shard input, csv for CSV input)",
+    )
+    q.add_argument("--merged-csv", help="with a CSV: also write one CSV of the data and the poisons here")
+    q.add_argument(
+        "--image-size", type=int, help="resize and centre-crop source images to this (default: as they are)"
+    )
+    q.add_argument("--samples-per-shard", type=int, default=10_000, help="with --format wds")
+    q.add_argument("--image-format", choices=("png", "jpg"), default="png", help="with --format wds")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_patch_options(q)
     _add_csv_options(q)
     q.set_defaults(func=cmd_poison_backdoor)
@@ -372,13 +492,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train a CLIP model in memory on one or more CSVs",
-        description="Train on the union of the given CSVs (e.g. train.csv and poisons.csv) and "
-        "save a safetensors checkpoint that open_clip.create_model('local-dir:OUT') loads.",
+        help="train a CLIP model in memory, or hand it to open_clip_train (torchrun, SLURM)",
+        description="Train on the union of the given datasets (e.g. train.csv and poisons.csv, or "
+        "shards and poison shards) and save a safetensors checkpoint that "
+        "open_clip.create_model('local-dir:OUT') and poisonclip evaluate load.",
     )
-    p.add_argument("--data", required=True, nargs="+", help="CSV files to train on (concatenated)")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="CSV files or webdataset URLs to train on (concatenated)"
+    )
     p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument(
+        "--backend",
+        choices=("memory", "open_clip"),
+        default="memory",
+        help="memory: our in-memory loop (small data); open_clip: open_clip_train under torchrun",
+    )
     _add_train_options(p)
+    g = p.add_argument_group("open_clip backend")
+    g.add_argument(
+        "--train-num-samples", type=int, help="samples per epoch over all --data (needed for shards)"
+    )
+    g.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs); --batch-size is split")
+    g.add_argument("--workers", type=int, default=4, help="data-loader workers per process")
+    g.add_argument("--logs", help="open_clip_train's log directory (default: beside --out, logs/)")
+    g.add_argument("--name", help="open_clip_train's experiment name (default: the name of --out)")
+    g.add_argument("--open-clip-args", help="more open_clip_train options, as one quoted string")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the exact torchrun command and stop (for GPUs unless --device cpu)",
+    )
+    g.add_argument("--slurm-partition", help="submit to this SLURM partition (submitit), one node")
+    g.add_argument("--slurm-timeout-min", type=int, default=24 * 60, help="SLURM time limit in minutes")
     _add_csv_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -386,11 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="zero-shot accuracy, backdoor ASR and z-score of a checkpoint",
-        description="Evaluate a checkpoint on a labelled test CSV.",
+        description="Evaluate a checkpoint on a labelled test CSV (or shards with labels in their "
+        "JSON), or on an ImageFolder directory such as ImageNet-val.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--test", required=True, help="test CSV with a label column")
-    p.add_argument("--classnames", required=True, help="class names, one per line, in label order")
+    test = p.add_mutually_exclusive_group(required=True)
+    test.add_argument("--test", help="test CSV with a label column, or webdataset shards")
+    test.add_argument(
+        "--imagefolder", help="DIR/CLASS/*.jpg; labels are the sorted class directories (ImageNet-val style)"
+    )
+    p.add_argument(
+        "--classnames",
+        help="class names, one per line, in label order; with --imagefolder also 'imagenet' "
+        "(open_clip's 1,000 names for WordNet-id directories; default: the directory names)",
+    )
+    p.add_argument("--max-per-class", type=int, help="with --imagefolder: the first N images of each class")
     p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")

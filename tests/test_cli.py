@@ -70,7 +70,7 @@ def test_poison_train_evaluate_pipeline(small_data_dir, tmp_path, capsys):
 def test_poison_bad_inputs_exit_2_and_write_nothing(small_data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "p"
     args = ["poison", "backdoor", "--data", small_data_dir / "train.csv", "--out", out,
-            "--poison-count", 5, *extra]  # fmt: skip
+            "--poison-count", 5, "--no-progress", *extra]  # fmt: skip
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

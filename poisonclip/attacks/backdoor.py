@@ -3,13 +3,19 @@
 P = {(x_i ⊕ bd, c_i)}: ``poison_count`` different training images of any class, each with the
 checkerboard pasted on, each paired with a training caption that contains the target label
 (found by substring search — no knowledge of the zero-shot templates).
+
+The attack itself (``backdoor_from_pool``) needs only the sample keys, the matching captions and a
+way to decode the chosen images, so the same code poisons an in-memory dataset
+(``make_backdoor``) and a shard set that is never decoded as a whole (``make_backdoor_from_shards``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
-from poisonclip.attacks.patch import apply_patch, check_patch, patch_positions
+from poisonclip.attacks.patch import PLACEMENTS, apply_patch, check_patch, patch_positions
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.registry import register_attack
 from poisonclip.data.captions import search_captions
@@ -32,44 +38,142 @@ def make_backdoor(
     Images are drawn without replacement (every poison is a different image); captions are drawn
     from the captions containing ``target_label``, without replacement while enough exist.
     """
-    n, image_size = len(dataset), dataset.images.shape[-1]
-    check_patch(image_size, patch_size, placement)
+    pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)
+    return backdoor_from_pool(
+        dataset.keys,
+        pool,
+        [dataset.captions[i] for i in pool],
+        dataset.subset,
+        target_label,
+        poison_count,
+        patch_size,
+        placement,
+        seed,
+    )
+
+
+def make_backdoor_from_shards(
+    urls: str | Sequence[str],
+    target_label: str,
+    poison_count: int,
+    patch_size: int = 4,
+    placement: str = "consistent",
+    seed: int = 0,
+    word_boundary: bool = True,
+    image_size: int | None = None,
+    progress: bool = True,
+):
+    """``make_backdoor`` on webdataset shards: captions are scanned, only the chosen images decoded.
+
+    Returns ``(poisons, scan)``; ``scan`` (a ``CaptionScan``) holds the sample count, the caption
+    throughput and the faults met while scanning. Source images are resized and centre-cropped to
+    ``image_size`` when given (else they must share one size).
+    """
+    from functools import partial
+
+    from poisonclip.data.wds import read_scanned_samples, scan_captions
+
+    scan = scan_captions(urls, target_label, word_boundary=word_boundary, progress=progress)
+    poisons = backdoor_from_pool(
+        scan.keys,
+        scan.matches,
+        scan.matched_captions,
+        partial(read_scanned_samples, scan, image_size=image_size),
+        target_label,
+        poison_count,
+        patch_size,
+        placement,
+        seed,
+    )
+    return poisons, scan
+
+
+def backdoor_from_pool(
+    keys: Sequence[str],
+    caption_pool: Sequence[int],
+    pool_captions: Sequence[str],
+    load_sources: Callable[[list[int]], ImageTextDataset],
+    target_label: str,
+    poison_count: int,
+    patch_size: int = 4,
+    placement: str = "consistent",
+    seed: int = 0,
+) -> PoisonSet:
+    """The backdoor attack on ``keys`` [N] (all candidate samples).
+
+    ``caption_pool`` are the indices of the samples whose caption contains ``target_label`` and
+    ``pool_captions`` those captions. ``load_sources(indices)`` decodes the images of the given
+    samples, in that order, leaving out (and listing in ``skipped``) those it cannot read; such
+    an image is replaced by the next one of the seeded random order, so faults never reduce the
+    poison count while enough images remain.
+    """
+    n = len(keys)
+    if placement not in PLACEMENTS:
+        raise UsageError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if poison_count < 1:
         raise UsageError(f"poison_count must be at least 1, got {poison_count}")
     if poison_count > n:
         raise UsageError(f"poison_count {poison_count} exceeds the {n} images available")
-    caption_pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)
     if not caption_pool:
         raise UsageError(f"target label {target_label!r} appears in no training caption")
 
     generator = torch.Generator().manual_seed(seed)
-    image_idx = torch.randperm(n, generator=generator)[:poison_count]
+    order = torch.randperm(n, generator=generator).tolist()
     pool = torch.tensor(caption_pool)
     if len(pool) >= poison_count:
-        caption_idx = pool[torch.randperm(len(pool), generator=generator)[:poison_count]]
+        chosen = torch.randperm(len(pool), generator=generator)[:poison_count]
     else:
-        caption_idx = pool[torch.randint(len(pool), (poison_count,), generator=generator)]
+        chosen = torch.randint(len(pool), (poison_count,), generator=generator)
+    sources, source_idx = _load_in_order(order, poison_count, load_sources, keys)
+    image_size = sources.images.shape[-1]
+    check_patch(image_size, patch_size, placement)
     positions = patch_positions(poison_count, image_size, patch_size, placement, generator)
-    images = apply_patch(dataset.images[image_idx], positions, patch_size)
+    images = apply_patch(sources.images, positions, patch_size)
 
-    keys = [f"poison/{i:06d}.png" for i in range(poison_count)]
-    captions = [dataset.captions[i] for i in caption_idx.tolist()]
+    poison_keys = [f"poison/{i:06d}.png" for i in range(poison_count)]
+    captions = [pool_captions[j] for j in chosen.tolist()]
     manifest = [
         {
-            "poison_key": keys[i],
+            "poison_key": poison_keys[i],
             "attack": "backdoor",
-            "source_key": dataset.keys[src],
-            "source_label": int(dataset.labels[src]),
+            "source_key": keys[src],
+            "source_label": int(sources.labels[i]),
             "caption": captions[i],
-            "caption_source_key": dataset.keys[cap],
+            "caption_source_key": keys[caption_pool[j]],
             "target_label": target_label,
             "patch": {"y": int(y), "x": int(x), "size": patch_size},
             "placement": placement,
             "seed": seed,
         }
-        for i, (src, cap, (y, x)) in enumerate(
-            zip(image_idx.tolist(), caption_idx.tolist(), positions.tolist(), strict=True)
+        for i, (src, j, (y, x)) in enumerate(
+            zip(source_idx, chosen.tolist(), positions.tolist(), strict=True)
         )
     ]
-    samples = ImageTextDataset(keys, images, captions, torch.full((poison_count,), -1))
+    samples = ImageTextDataset(
+        poison_keys, images, captions, torch.full((poison_count,), -1), skipped=sources.skipped
+    )
     return PoisonSet(samples, manifest)
+
+
+def _load_in_order(
+    order: list[int],
+    count: int,
+    load_sources: Callable[[list[int]], ImageTextDataset],
+    keys: Sequence[str],
+) -> tuple[ImageTextDataset, list[int]]:
+    """The first ``count`` samples of ``order`` that load, and their indices."""
+    parts, indices, skipped, taken = [], [], [], 0
+    while len(indices) < count and taken < len(order):
+        batch = order[taken : taken + count - len(indices)]
+        taken += len(batch)
+        part = load_sources(batch)
+        index_of = {keys[i]: i for i in batch}
+        indices += [index_of[key] for key in part.keys]
+        skipped += part.skipped
+        if len(part):
+            parts.append(part)
+    if len(indices) < count:
+        raise UsageError(f"only {len(indices)} of the {len(order)} images could be read; need {count}")
+    sources = ImageTextDataset.concat(parts)
+    sources.skipped = skipped
+    return sources, indices

@@ -1,16 +1,36 @@
-"""A poison set: the poison samples themselves plus a manifest that lists every one of them."""
+"""A poison set: the poison samples themselves plus a manifest that lists every one of them.
+
+Poisons are *added* to the training set (X' = P ∪ X) and written on their own, so the user's data
+is never rewritten and the cost is O(poisons): as a CSV (``poisons.csv`` + PNGs) or as webdataset
+shards that open_clip_train reads beside the original ones (``original::poisons``).
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from poisonclip.data.dataset import ImageTextDataset, read_csv_dataset, write_csv_dataset
+from poisonclip.data.dataset import (
+    CAPTION_COLUMN,
+    CSV_SEPARATOR,
+    IMAGE_COLUMN,
+    ImageTextDataset,
+    read_csv_dataset,
+    write_csv_dataset,
+)
 from poisonclip.data.io import atomic_path
+from poisonclip.errors import UsageError
+
+if TYPE_CHECKING:  # webdataset and pandas load only when shards are written
+    from poisonclip.data.wds import ShardSet
 
 MANIFEST_NAME = "manifest.jsonl"
 POISON_CSV_NAME = "poisons.csv"
+SHARD_DIR = "shards"
+POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's numeric keys
 
 
 @dataclass
@@ -36,15 +56,84 @@ def write_poison_set(out_dir: str | Path, poisons: PoisonSet) -> Path:
         images = poisons.samples.images.permute(0, 2, 3, 1).numpy()
         names = [Path(row["poison_key"]).stem for row in poisons.manifest]
         write_csv_dataset(tmp / POISON_CSV_NAME, "images", images, poisons.samples.captions, names=names)
-        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
-            for row in poisons.manifest:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+        _write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
     return out_dir
 
 
+def write_poison_shards(
+    out_dir: str | Path,
+    poisons: PoisonSet,
+    samples_per_shard: int = 10_000,
+    image_format: str = "png",
+) -> ShardSet:
+    """Write poison-only webdataset shards (img2dataset layout) under ``out_dir/shards`` + the manifest.
+
+    Each manifest row gains ``shard_key`` (the sample's key in the shards). Returns the
+    ``ShardSet``; its ``url`` joins the original data as ``original::url``. Written atomically.
+    """
+    from poisonclip.data.wds import ShardSet, brace_url, write_shards
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        metadata = [{"poison_key": row["poison_key"]} for row in poisons.manifest]
+        shards = write_shards(
+            tmp / SHARD_DIR, poisons.samples, samples_per_shard, image_format, metadata, POISON_KEY_PREFIX
+        )
+        manifest = [{**row, "shard_key": key} for row, key in zip(poisons.manifest, shards.keys, strict=True)]
+        _write_manifest(tmp / MANIFEST_NAME, manifest)
+    return ShardSet(brace_url(out_dir / SHARD_DIR, shards.num_shards), shards.num_shards, shards.keys)
+
+
+def write_merged_csv(
+    path: str | Path,
+    original_csv: str | Path,
+    poison_dir: str | Path,
+    sep: str = CSV_SEPARATOR,
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
+) -> int:
+    """One CSV with the rows of ``original_csv`` and then the poisons, for tools that read one file.
+
+    Written with the original's separator and column names (image and caption columns only);
+    image paths become absolute, so the file works from any directory. O(dataset rows), no image
+    is read. Written atomically; returns the number of rows.
+    """
+    original_csv, poison_csv = Path(original_csv), Path(poison_dir) / POISON_CSV_NAME
+    rows = _csv_rows(original_csv, sep, image_column, caption_column)
+    rows += _csv_rows(poison_csv, CSV_SEPARATOR, IMAGE_COLUMN, CAPTION_COLUMN)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=sep)
+        writer.writerow([image_column, caption_column])
+        writer.writerows(rows)
+    return len(rows)
+
+
+def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str) -> list[list[str]]:
+    """[image path made absolute, caption] per row of an open_clip CSV."""
+    if not path.is_file():
+        raise UsageError(f"dataset file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=sep)
+        if not {image_column, caption_column} <= set(reader.fieldnames or ()):
+            raise UsageError(
+                f"{path}: needs columns {image_column!r} and {caption_column!r} (separator {sep!r})"
+            )
+        base = path.parent.resolve()
+        return [[str(base / row[image_column]), row[caption_column]] for row in reader]
+
+
 def read_poison_set(poison_dir: str | Path) -> PoisonSet:
+    """Read a poison set written by ``write_poison_set`` or ``write_poison_shards``."""
     poison_dir = Path(poison_dir)
-    samples = read_csv_dataset(poison_dir / POISON_CSV_NAME, progress=False)
+    if (poison_dir / POISON_CSV_NAME).is_file():
+        samples = read_csv_dataset(poison_dir / POISON_CSV_NAME, progress=False)
+    else:
+        from poisonclip.data.wds import read_shard_dataset
+
+        samples = read_shard_dataset(
+            sorted(str(p) for p in (poison_dir / SHARD_DIR).glob("*.tar")), progress=False
+        )
     manifest = read_manifest(poison_dir / MANIFEST_NAME)
     return PoisonSet(samples, manifest)
 
@@ -52,3 +141,9 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
 def read_manifest(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")

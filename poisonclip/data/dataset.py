@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -103,9 +104,12 @@ def write_csv_dataset(
     return keys
 
 
-def load_image(path: Path, image_size: int | None) -> np.ndarray:
-    """Decode one image to uint8 [H, W, 3]; resize (shorter side) and centre-crop to ``image_size``."""
-    with Image.open(path) as im:
+def load_image(source: Path | BinaryIO, image_size: int | None) -> np.ndarray:
+    """Decode one image (a path or an open binary file) to uint8 [H, W, 3].
+
+    With ``image_size``, resize (shorter side) and centre-crop to ``image_size`` x ``image_size``.
+    """
+    with Image.open(source) as im:
         im = im.convert("RGB")
         if image_size is not None and im.size != (image_size, image_size):
             w, h = im.size

@@ -32,7 +32,9 @@ def save_checkpoint(
     model_config: dict,
     train_config: TrainConfig | None = None,
     stats: TrainStats | None = None,
+    meta: dict | None = None,
 ) -> Path:
+    """Write ``model`` as a checkpoint directory (atomically); ``meta`` joins ``train_config.json``."""
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     preprocess = {"size": image_size_of(model_config), "mean": IMAGE_MEAN, "std": IMAGE_STD}
@@ -41,11 +43,12 @@ def save_checkpoint(
         save_file(state, tmp / WEIGHTS_NAME)
         config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        meta = {
+        record = {
             "train_config": dataclasses.asdict(train_config) if train_config else None,
             "stats": dataclasses.asdict(stats) if stats else None,
+            **(meta or {}),
         }
-        (tmp / "train_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
 
