@@ -25,7 +25,7 @@ def test_pair_moments_match_the_naive_loop(n, d, chunk):
     mean, std = pair_similarity_moments(x, chunk_size=chunk)
     ref_mean, ref_std = naive_pair_stats(x)
     assert mean == pytest.approx(ref_mean, abs=1e-12)
-    assert std == pytest.approx(ref_std, rel=1e-9)
+    assert std == pytest.approx(ref_std, rel=1e-9, abs=1e-7)  # sqrt of a rounding residue
 
 
 def test_zscore_matches_the_naive_definition():
@@ -44,7 +44,7 @@ def test_attack_success_rate_ignores_target_class():
     labels = torch.tensor([0, 1, 2, 2, 3])
     preds = torch.tensor([2, 2, 2, 0, 1])
     assert attack_success_rate(preds, labels, target=2) == pytest.approx(2 / 3)
-    assert accuracy(preds, labels) == pytest.approx(2 / 5)
+    assert accuracy(preds, labels) == pytest.approx(1 / 5)
     with pytest.raises(ValueError):
         attack_success_rate(preds, torch.full((5,), 2), target=2)
 

@@ -82,9 +82,9 @@ def test_training_is_deterministic_and_checkpoint_loads_in_open_clip(small_train
 
 
 def test_training_changes_weights_and_lowers_loss(small_train):
-    config = TINY.replace(epochs=4, batch_size=50)
+    config = TINY.replace(model="toy-vit-w32", epochs=10, batch_size=50)
     model, _, stats = train_model(small_train, config, progress=False)
-    assert stats.final_loss < torch.log(torch.tensor(50.0)).item()  # below chance-level CLIP loss
+    assert stats.final_loss < torch.log(torch.tensor(50.0)).item() - 0.3  # below chance-level loss
 
 
 def test_bf16_autocast_runs_on_cpu(small_train):
