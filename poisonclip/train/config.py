@@ -19,10 +19,10 @@ class TrainConfig:
     """How to train one model. Defaults equal the ``demo`` preset."""
 
     model: str = "toy-vit-w64"  # a config in poisonclip/train/model_configs, open_clip name, or JSON path
-    epochs: int = 12
-    batch_size: int = 256  # global batch; the last partial batch of an epoch is dropped
+    epochs: int = 10
+    batch_size: int = 64  # global batch; the last partial batch of an epoch is dropped
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum SGD, the paper's choice)
-    lr: float = 2e-3  # peak learning rate after warm-up
+    lr: float = 1e-3  # peak learning rate after warm-up
     weight_decay: float = 0.1  # not applied to gains, biases and logit_scale (as open_clip)
     momentum: float = 0.9  # SGD only
     warmup_fraction: float = 0.1  # linear warm-up over this fraction of steps, then cosine to 0

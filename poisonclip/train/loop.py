@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from poisonclip.train.config import TrainConfig
@@ -50,6 +53,66 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def clip_loss_per_sample(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE per sample [B]; its mean is ``open_clip.ClipLoss``.
+
+    ``image_features`` and ``text_features`` [B, D], unit norm; sample i's positive is pair i and
+    its negatives are the batch's other pairs: ½[CE(image_i → texts) + CE(text_i → images)].
+    """
+    logits = logit_scale * image_features @ text_features.T  # [B, B]
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (
+        F.cross_entropy(logits, labels, reduction="none")
+        + F.cross_entropy(logits.T, labels, reduction="none")
+    )
+
+
+class Objective(Protocol):
+    """What the loop minimises: per-sample losses [B] of a batch (defenses plug in their own)."""
+
+    def start_epoch(
+        self, model: torch.nn.Module, epoch: int, images: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
+        """Called before each epoch with the whole training set (e.g. to re-split it)."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        ids: torch.Tensor,
+        epoch: int,
+    ) -> torch.Tensor:
+        """Losses [B] for ``images`` uint8 [B, 3, H, W], ``tokens`` [B, L], sample ids [B]."""
+
+
+class ClipObjective:
+    """The plain CLIP loss on each batch: the default objective."""
+
+    def start_epoch(
+        self, model: torch.nn.Module, epoch: int, images: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
+        pass
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        ids: torch.Tensor,
+        epoch: int,
+    ) -> torch.Tensor:
+        image_features = model.encode_image(normalize_images(images), normalize=True)
+        text_features = model.encode_text(tokens, normalize=True)  # [B, D] each
+        return clip_loss_per_sample(image_features, text_features, model.logit_scale.exp())
+
+
+# on_batch(epoch, sample ids [B], detached per-sample losses [B]): per-sample logging (loss tracking)
+BatchCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # As open_clip: no weight decay on gains, biases and the temperature.
     def no_decay(name: str, p: torch.Tensor) -> bool:
@@ -63,9 +126,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
             "weight_decay": config.weight_decay,
         },
     ]
+    # fused: one kernel over all parameters; 9x faster steps on the CPU for the demo model, whose
+    # 3.2M-parameter token embedding otherwise dominates small-batch steps.
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -83,11 +148,16 @@ def train_clip(
     tokens: torch.Tensor,
     config: TrainConfig,
     progress: bool = True,
+    objective: Objective | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place with the CLIP loss on ``images`` uint8 [N, 3, H, W], ``tokens`` [N, L].
+    """Train ``model`` in place on ``images`` uint8 [N, 3, H, W], ``tokens`` [N, L].
 
+    ``objective`` (default: the CLIP loss) gives per-sample losses [B]; a step minimises their mean.
+    ``on_batch`` sees each batch's sample ids (rows of ``images``) and its per-sample losses.
     Deterministic on the CPU for a given ``config.seed`` (data order) and model initialisation.
     """
+    objective = objective or ClipObjective()
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(config.precision, device)
     n = images.shape[0]
@@ -98,7 +168,6 @@ def train_clip(
 
     model.to(device).train()
     images, tokens = images.to(device), tokens.to(device)  # small enough to live on the device
-    loss_fn = open_clip.ClipLoss()
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
     order = torch.Generator().manual_seed(config.seed)
@@ -106,16 +175,17 @@ def train_clip(
     start, loss_value = time.perf_counter(), float("nan")
 
     for step in range(total_steps):
-        if step % steps_per_epoch == 0:
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0:
             perm = torch.randperm(n, generator=order).to(device)
-        batch = perm[(step % steps_per_epoch) * config.batch_size :][: config.batch_size]
+            objective.start_epoch(model, epoch, images, tokens)
+        batch = perm[position * config.batch_size :][: config.batch_size]  # sample ids [B]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, config)
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            image_features = model.encode_image(normalize_images(images[batch]), normalize=True)
-            text_features = model.encode_text(tokens[batch], normalize=True)  # [B, D] each
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            losses = objective(model, images[batch], tokens[batch], batch, epoch)  # [B]
+            loss = losses.mean()
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -123,6 +193,8 @@ def train_clip(
         scaler.update()
         with torch.no_grad():  # as CLIP: temperature at most 100
             model.logit_scale.clamp_(0, math.log(100))
+        if on_batch is not None:
+            on_batch(epoch, batch, losses.detach())
 
         if step % 10 == 0 or step == total_steps - 1:
             loss_value = loss.item()
