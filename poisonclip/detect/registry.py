@@ -1,0 +1,92 @@
+"""Detectors of poisoned training pairs: a registry (timm-style), and what every detector sees.
+
+A detector is one decorated function ``fn(inputs, **params) -> scores`` float64 [N], higher = more
+suspicious, computed from a trained model's view of the training set only: it never sees which
+pairs are poisons (the manifest is used only to score it, in ``poisonclip.detect.scoring``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.errors import UsageError
+
+_DETECTORS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+@dataclass(frozen=True)
+class DetectorInputs:
+    """A trained model's view of the N training pairs (images with their triggers, as trained on)."""
+
+    image: torch.Tensor  # float32 [N, D], unit-norm image embeddings
+    text: torch.Tensor  # float32 [N, D], unit-norm caption embeddings
+    early_loss: torch.Tensor | None = None  # float64 [N]: per-sample loss over the first epochs
+
+    def __post_init__(self) -> None:
+        n = self.image.shape[0]
+        if self.text.shape != self.image.shape or (
+            self.early_loss is not None and self.early_loss.shape != (n,)
+        ):
+            raise ValueError("image and text embeddings [N, D] and early_loss [N] must agree")
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+
+def embed_training_set(
+    model: torch.nn.Module,
+    dataset: ImageTextDataset,
+    model_config: dict,
+    early_loss: torch.Tensor | None = None,
+) -> DetectorInputs:
+    """Embed every training pair of ``dataset`` with ``model`` (no augmentation)."""
+    from poisonclip.evaluate.embeddings import encode_images, encode_texts
+    from poisonclip.train.model import tokenize
+
+    model.eval()
+    image = encode_images(model, dataset.images)
+    text = encode_texts(model, tokenize(dataset.captions, model_config))
+    return DetectorInputs(image, text, early_loss)
+
+
+def register_detector(name: str) -> Callable[[Callable], Callable]:
+    def decorator(fn: Callable) -> Callable:
+        if name in _DETECTORS:
+            raise ValueError(f"detector {name!r} registered twice")
+        _DETECTORS[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_detectors() -> list[str]:
+    return sorted(_DETECTORS)
+
+
+def get_detector(name: str) -> Callable[..., torch.Tensor]:
+    if name not in _DETECTORS:
+        raise UsageError(f"unknown detector {name!r}; available: {', '.join(list_detectors())}")
+    return _DETECTORS[name]
+
+
+def detector_params(name: str) -> dict[str, object]:
+    """The keyword parameters of detector ``name`` with their defaults."""
+    signature = inspect.signature(get_detector(name))
+    return {p.name: p.default for p in list(signature.parameters.values())[1:]}
+
+
+def run_detector(name: str, inputs: DetectorInputs, **params: object) -> torch.Tensor:
+    """Scores float64 [N] of detector ``name``; ``params`` it does not take are refused."""
+    if unknown := sorted(set(params) - set(detector_params(name))):
+        raise UsageError(
+            f"detector {name!r} takes no parameter {unknown}; it takes {sorted(detector_params(name))}"
+        )
+    scores = get_detector(name)(inputs, **params).double()
+    if scores.shape != (len(inputs),):
+        raise AssertionError(f"detector {name!r} returned shape {tuple(scores.shape)}, not ({len(inputs)},)")
+    return scores
