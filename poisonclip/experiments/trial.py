@@ -9,9 +9,9 @@ import torch
 
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.evaluate.suite import BackdoorEvaluation, evaluate_backdoor
-from poisonclip.train.checkpoint import save_checkpoint
+from poisonclip.train.checkpoint import load_checkpoint_as, save_checkpoint
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import TrainStats, train_clip
+from poisonclip.train.loop import BatchCallback, Objective, TrainStats, train_clip
 from poisonclip.train.model import context_length_of, create_model, get_model_config, tokenize
 
 
@@ -20,11 +20,20 @@ def train_model(
     config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    init_checkpoint: str | Path | None = None,
+    objective: Objective | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> tuple[torch.nn.Module, dict, TrainStats]:
-    """Build the configured model from ``config.seed``, train it on ``dataset``, optionally save it."""
+    """Build the configured model from ``config.seed`` (or start from ``init_checkpoint``, which must
+    have the configured architecture), train it on ``dataset`` with ``objective`` (default: the CLIP
+    loss; ``on_batch`` as in ``train_clip``), optionally save it."""
     model_config = get_model_config(config.model)
-    model = create_model(model_config, seed=config.seed)
-    stats = train_clip(model, dataset.images, tokenize(dataset.captions, model_config), config, progress)
+    if init_checkpoint is None:
+        model = create_model(model_config, seed=config.seed)
+    else:
+        model = load_checkpoint_as(init_checkpoint, model_config)
+    tokens = tokenize(dataset.captions, model_config)
+    stats = train_clip(model, dataset.images, tokens, config, progress, objective, on_batch)
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, model_config, config, stats)
     return model, model_config, stats

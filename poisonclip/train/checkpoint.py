@@ -64,3 +64,27 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     except RuntimeError as err:
         raise UsageError(f"{path}: weights do not match the model config: {err}") from err
     return model.eval(), model_config
+
+
+def load_checkpoint_as(path: str | Path, model_config: dict) -> torch.nn.Module:
+    """Load a checkpoint that must have the architecture ``model_config`` (to fine-tune or compare)."""
+    model, found = load_checkpoint(path)
+    if found != model_config:
+        differences = sorted(_differences(found, model_config))
+        raise UsageError(
+            f"{path}: the checkpoint's architecture differs from the configured model "
+            f"({'; '.join(differences[:3])})"
+        )
+    return model
+
+
+def _differences(found: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key: found vs wanted`` for every leaf where two (nested) configs disagree."""
+    out = []
+    for key in sorted(set(found) | set(wanted)):
+        a, b = found.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} vs {b!r}")
+    return out

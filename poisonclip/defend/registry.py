@@ -1,0 +1,117 @@
+"""Defenses against poisoning: a registry of (parameter dataclass, function), and their common I/O.
+
+A defense turns what a defender has (``DefenseContext``: the possibly poisoned training set, the
+training recipe, the model trained on it, a clean subset) into a model (``DefenseOutcome``). None
+copies the training loop: each is ``train_clip`` with another objective, another data subset, or
+another starting point. None is told which pairs are poisons.
+
+Defenses are named in sweeps and on the command line by a spec string::
+
+    none | filter:<detector>@<percent>% | cleanclip | roclip | safeclip
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.errors import UsageError
+from poisonclip.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class DefenseContext:
+    """What a defender has."""
+
+    dataset: ImageTextDataset  # the training set as collected (poisons included, unmarked)
+    train: TrainConfig  # the recipe the undefended model was trained with (model, epochs, seed ...)
+    model: torch.nn.Module | None = None  # the undefended model trained on ``dataset``
+    clean: ImageTextDataset | None = None  # pairs the defender trusts (CleanCLIP's fine-tuning set)
+    early_loss: torch.Tensor | None = None  # float64 [N]: the undefended run's early per-sample losses
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class DefenseOutcome:
+    """The defended model and what the defense cost and decided."""
+
+    model: torch.nn.Module
+    seconds: float  # wall-clock of the defense itself (training, fine-tuning, scoring)
+    record: dict = field(default_factory=dict)  # flat numbers and small lists (e.g. the lr sweep)
+    flagged: torch.Tensor | None = None  # bool [N]: pairs treated as suspicious (dropped, "risky")
+    scores: torch.Tensor | None = None  # float64 [N]: the detector ranking behind ``flagged``
+    alternatives: dict[str, torch.nn.Module] = field(default_factory=dict)  # candidates not chosen
+
+
+@dataclass(frozen=True)
+class Defense:
+    name: str
+    params: type  # frozen dataclass; its defaults are the published (or toy-adapted) settings
+    run: Callable[[DefenseContext, object], DefenseOutcome]
+
+
+_DEFENSES: dict[str, Defense] = {}
+
+
+def register_defense(name: str, params: type) -> Callable[[Callable], Callable]:
+    """Register ``run(context, params) -> DefenseOutcome`` with its parameter dataclass."""
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _DEFENSES:
+            raise ValueError(f"defense {name!r} registered twice")
+        _DEFENSES[name] = Defense(name, params, fn)
+        return fn
+
+    return decorator
+
+
+def list_defenses() -> list[str]:
+    return sorted(_DEFENSES)
+
+
+def get_defense(name: str) -> Defense:
+    if name not in _DEFENSES:
+        raise UsageError(f"unknown defense {name!r}; available: {', '.join(list_defenses())}")
+    return _DEFENSES[name]
+
+
+_FILTER_SPEC = re.compile(r"filter:(?P<detector>[\w-]+)@(?P<percent>[0-9.]+)%")
+
+
+def parse_defense(spec: str) -> tuple[str, object]:
+    """``"filter:slof@5%"`` -> ("filter", FilterParams("slof", 0.05)); other names take defaults."""
+    if spec.startswith("filter"):
+        match = _FILTER_SPEC.fullmatch(spec)
+        if match is None:
+            raise UsageError(
+                f"defense {spec!r}: write a filter as filter:<detector>@<percent>%, e.g. filter:slof@5%"
+            )
+        try:
+            percent = float(match["percent"])
+        except ValueError:
+            raise UsageError(f"defense {spec!r}: {match['percent']!r} is not a number") from None
+        return "filter", get_defense("filter").params(detector=match["detector"], fraction=percent / 100)
+    defense = get_defense(spec)
+    return spec, defense.params()
+
+
+def apply_defense(spec: str, context: DefenseContext) -> DefenseOutcome:
+    name, params = parse_defense(spec)
+    return get_defense(name).run(context, params)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A defense without parameters."""
+
+
+@register_defense("none", NoParams)
+def no_defense(context: DefenseContext, params: NoParams) -> DefenseOutcome:
+    """The undefended model itself: the matrix's baseline row."""
+    if context.model is None:
+        raise UsageError("defense none needs the undefended model")
+    return DefenseOutcome(context.model, 0.0)

@@ -1,0 +1,74 @@
+"""Training-time augmentation hooks for the defenses' in-modal losses (CleanCLIP, RoCLIP, SafeCLIP).
+
+Both work on what the in-memory trainer holds: uint8 image tensors and token ids, so no image is
+re-decoded and no caption re-tokenised inside the loop. Each augmenter draws from its own seeded
+stream, so training stays deterministic for a seed and the default (unaugmented) path is untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+CAPTION_EDITS = ("delete", "swap", "repeat")
+
+
+class ImageAugment:
+    """torchvision's AutoAugment, drawn independently for every image of a batch.
+
+    ``policy`` ``"cifar10"`` by default: the toy's images are 32×32 like CIFAR's; CleanCLIP used the
+    ImageNet policy on 224×224 images. A geometric op may move or cut the trigger, as it would at
+    full scale.
+    """
+
+    def __init__(self, seed: int = 0, policy: str = "cifar10") -> None:
+        from torchvision.transforms import v2  # heavy import, needed only by the defenses
+
+        self._transform = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] (on the input's device)."""
+        seed = int(torch.randint(2**62, (1,), generator=self._generator))
+        # torchvision draws from the global RNG: fork it so augmentation neither depends on nor
+        # disturbs whatever else uses it (model initialisation).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = torch.stack([self._transform(image) for image in images.cpu()])
+        return out.to(images.device)
+
+
+class CaptionAugment:
+    """One random word edit per caption, on token ids: delete a word, swap two, or repeat one.
+
+    EDA's edits without its synonym step (which needs a downloaded WordNet). A "word" is a BPE
+    token between the start and end tokens; for the toy's vocabulary that is almost always a whole
+    word. The end token (the highest id, where open_clip pools the text) stays last.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """int64 [B, L] -> int64 [B, L] (on the input's device)."""
+        rows = tokens.cpu().numpy().copy()
+        for row in rows:
+            end = int(row.argmax())  # the end-of-text token
+            end_token, words = row[end], row[1:end].copy()
+            if len(words) < 2:
+                continue
+            edit = CAPTION_EDITS[self._rng.integers(len(CAPTION_EDITS))]
+            if edit == "repeat" and end == len(row) - 1:  # no room to grow: swap instead
+                edit = "swap"
+            if edit == "delete":
+                words = np.delete(words, self._rng.integers(len(words)))
+            elif edit == "swap":
+                i, j = self._rng.choice(len(words), size=2, replace=False)
+                words[[i, j]] = words[[j, i]]
+            else:
+                i = self._rng.integers(len(words))
+                words = np.insert(words, i, words[i])
+            row[1:] = 0
+            row[1 : 1 + len(words)] = words
+            row[1 + len(words)] = end_token
+        return torch.from_numpy(rows).to(tokens.device)

@@ -1,0 +1,201 @@
+import math
+
+import pytest
+import torch
+
+from poisonclip.attacks import make_backdoor
+from poisonclip.data import ImageTextDataset
+from poisonclip.defend import (
+    CaptionPool,
+    DefenseContext,
+    RoClipObjective,
+    RoClipParams,
+    SafeClipObjective,
+    SafeClipParams,
+    apply_defense,
+    filter_manifest,
+    flag_top,
+    get_defense,
+    high_similarity_probability,
+    list_defenses,
+    parse_defense,
+    safe_split,
+)
+from poisonclip.detect import poison_labels
+from poisonclip.errors import UsageError
+from poisonclip.experiments import train_model
+from poisonclip.train import load_checkpoint, load_preset, save_checkpoint
+from poisonclip.train.loop import clip_loss_per_sample
+
+TINY = load_preset("tiny")
+
+
+class FixedModel(torch.nn.Module):
+    """Encoders that return given embeddings whatever the input (for known-input tests)."""
+
+    def __init__(self, image: torch.Tensor, text: torch.Tensor) -> None:
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.zeros(()))
+        self.image, self.text = image, text
+
+    def encode_image(self, images, normalize=True):
+        return self.image[: len(images)]
+
+    def encode_text(self, tokens, normalize=True):
+        return self.text[: len(tokens)]
+
+
+def identity(x):
+    return x
+
+
+@pytest.fixture(scope="module")
+def poisoned(small_train):
+    poisons = make_backdoor(small_train, "star", 20, patch_size=4, seed=0)
+    return ImageTextDataset.concat([small_train, poisons.samples]), poisons
+
+
+@pytest.fixture(scope="module")
+def undefended(poisoned):
+    dataset, _ = poisoned
+    model, _, _ = train_model(dataset, TINY, progress=False)
+    return model
+
+
+def test_registry_and_specs():
+    assert list_defenses() == ["cleanclip", "filter", "none", "roclip", "safeclip"]
+    name, params = parse_defense("filter:k-distance@2.5%")
+    assert (name, params.detector, params.fraction) == ("filter", "k-distance", 0.025)
+    assert parse_defense("roclip")[1].break_epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("magic", "unknown defense"),
+        ("filter:magic@5%", "unknown detector"),
+        ("filter:slof@0%", "in \\(0, 1\\)"),
+        ("filter:slof@100%", "in \\(0, 1\\)"),
+        ("filter:slof", "filter:<detector>@<percent>%"),
+    ],
+)
+def test_bad_defense_specs_are_usage_errors(spec, message):
+    with pytest.raises(UsageError, match=message):
+        parse_defense(spec)
+
+
+def test_flag_top_drops_the_ceiling_of_the_fraction_ties_by_order():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2])
+    assert flag_top(scores, 0.2).tolist() == [False, True, False, False, False]  # tie: earlier first
+    assert flag_top(scores, 0.5).tolist() == [False, True, True, True, False]  # ceil(2.5) = 3
+
+
+def test_filter_then_retrain_keeps_the_manifest_keyed_by_sample(poisoned, undefended):
+    dataset, poisons = poisoned
+    outcome = apply_defense("filter:clip-score@10%", DefenseContext(dataset, TINY, undefended))
+    assert int(outcome.flagged.sum()) == math.ceil(0.1 * len(dataset)) == outcome.record["num_dropped"]
+    kept_keys = [k for k, f in zip(dataset.keys, outcome.flagged.tolist(), strict=True) if not f]
+    remaining = filter_manifest(poisons.manifest, kept_keys)
+    labels = poison_labels(dataset.keys, poisons.manifest)
+    assert len(remaining) == int((labels & ~outcome.flagged).sum())
+    assert {row["poison_key"] for row in remaining} <= set(kept_keys)
+    assert outcome.model is not undefended and outcome.seconds > 0
+
+
+def test_finetuning_from_a_checkpoint_loads_and_changes_weights(small_train, undefended, tmp_path):
+    from poisonclip.train.model import get_model_config
+
+    save_checkpoint(tmp_path / "ckpt", undefended, get_model_config(TINY.model), TINY)
+    start = {k: v.clone() for k, v in load_checkpoint(tmp_path / "ckpt")[0].state_dict().items()}
+    fresh = train_model(small_train, TINY.replace(lr=1e-12), progress=False)[0].state_dict()
+    barely, _, _ = train_model(
+        small_train, TINY.replace(lr=1e-12), init_checkpoint=tmp_path / "ckpt", progress=False
+    )
+    moved, _, _ = train_model(
+        small_train, TINY.replace(lr=1e-2), init_checkpoint=tmp_path / "ckpt", progress=False
+    )
+    name = "visual.proj"
+    assert torch.allclose(barely.state_dict()[name], start[name], atol=1e-6)  # starts from the checkpoint ...
+    assert not torch.allclose(fresh[name], start[name], atol=1e-3)  # ... not from a fresh initialisation
+    assert (moved.state_dict()[name] - start[name]).abs().max() > 1e-3  # and a real lr moves it
+    with pytest.raises(UsageError, match="architecture differs"):
+        train_model(small_train, TINY.replace(model="toy-vit-w16"), init_checkpoint=tmp_path / "ckpt")
+
+
+def test_cleanclip_chooses_the_lr_on_clean_validation_loss(poisoned, undefended, small_train):
+    dataset, _ = poisoned
+    context = DefenseContext(dataset, TINY, undefended, clean=small_train.subset(range(200)))
+    name, params = parse_defense("cleanclip")
+    assert (params.epochs, params.batch_size, params.clip_weight, params.inmodal_weight) == (10, 64, 1.0, 1.0)
+    assert 1e-5 in params.lrs
+    from poisonclip.defend.cleanclip import cleanclip
+
+    outcome = cleanclip(context, type(params)(lrs=(1e-6, 1e-2), epochs=1, batch_size=32))
+    sweep = outcome.record["lr_sweep"]
+    assert [row["lr"] for row in sweep] == [1e-6, 1e-2]
+    assert outcome.record["chosen_lr"] == min(sweep, key=lambda r: r["validation_loss"])["lr"]
+    assert len(outcome.alternatives) == 1 and outcome.model is not undefended
+    before, after = undefended.state_dict()["visual.proj"], outcome.model.state_dict()["visual.proj"]
+    assert not torch.equal(before, after)
+    assert torch.equal(undefended.state_dict()["visual.proj"], before)  # the undefended model is untouched
+
+
+def test_roclip_queries_the_pool_before_the_batch_enters():
+    pool = CaptionPool(3)
+    pool.push(torch.eye(4)[:2])
+    pool.push(torch.eye(4)[2:])  # 4 pushed into 3: the first is evicted
+    assert pool.full and not (pool.embeddings == torch.eye(4)[0]).all(dim=1).any()
+    assert torch.equal(pool.nearest(torch.tensor([[0.0, 0.9, 0.1, 0.0]])), torch.eye(4)[1:2])
+
+    objective = RoClipObjective(pool_size=2, break_epoch=2, augment_image=identity, augment_text=identity)
+    old = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2]]), dim=1)
+    fill = FixedModel(old, old)
+    objective(
+        fill, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, epoch=0
+    )
+    assert objective.matching(1) and not objective.matching(0) and objective.pool.full
+    # Each image equals its own caption: were the batch in the pool first, it would match itself.
+    own = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.1, 1.0, 0.0]]), dim=1)
+    model = FixedModel(own, own)
+    losses = objective(
+        model, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, 1
+    )
+    expected = clip_loss_per_sample(own, old, torch.tensor(1.0))  # image i -> old caption i
+    assert torch.allclose(losses, expected)
+    assert torch.allclose(objective.pool.embeddings, own)  # then the batch's captions entered
+    plain = objective(
+        model, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, 2
+    )
+    assert torch.allclose(plain, clip_loss_per_sample(own, own, torch.tensor(1.0)))  # epoch 3: own captions
+
+
+def test_safeclip_split_on_known_similarities():
+    g = torch.Generator().manual_seed(0)
+    sims = torch.cat([0.8 + 0.02 * torch.randn(80, generator=g), 0.1 + 0.02 * torch.randn(20, generator=g)])
+    probability = high_similarity_probability(sims)
+    assert (probability[:80] > 0.99).all() and (probability[80:] < 0.01).all()
+    assert safe_split(sims, 0.4).tolist() == (sims >= sims.sort(descending=True).values[39]).tolist()
+
+    # The objective: first split at p > 0.9 (the 80), then +0.01 an epoch, capped at 0.85.
+    image = torch.zeros(100, 2)
+    image[:, 0] = 1
+    text = torch.stack([sims, (1 - sims**2).sqrt()], dim=1)
+    objective = SafeClipObjective(SafeClipParams(), identity, identity)
+    model = FixedModel(image, text)
+    images, tokens = torch.zeros(100, 3, 2, 2, dtype=torch.uint8), torch.zeros(100, 4, dtype=torch.long)
+    for epoch in range(8):
+        objective.start_epoch(model, epoch, images, tokens)
+    assert objective.fractions == pytest.approx([0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.85, 0.85])
+    assert objective.safe.sum() == 85 and objective.safe[:80].all()
+
+
+def test_roclip_and_safeclip_train_from_scratch(poisoned):
+    dataset, _ = poisoned
+    context = DefenseContext(dataset, TINY.replace(epochs=3))
+    roclip = get_defense("roclip").run(context, RoClipParams(pool_size=128))
+    assert roclip.seconds > 0 and roclip.record["pool_size"] == 128
+    safeclip = apply_defense("safeclip", context)
+    assert safeclip.flagged.shape == (len(dataset),)
+    assert 0 < safeclip.record["first_safe_fraction"] <= safeclip.record["last_safe_fraction"] <= 0.85
+    with pytest.raises(UsageError, match="much smaller"):
+        get_defense("roclip").run(context, RoClipParams(pool_size=len(dataset)))
