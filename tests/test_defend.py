@@ -119,7 +119,7 @@ def test_finetuning_from_a_checkpoint_loads_and_changes_weights(small_train, und
     assert not torch.allclose(fresh[name], start[name], atol=1e-3)  # ... not from a fresh initialisation
     assert (moved.state_dict()[name] - start[name]).abs().max() > 1e-3  # and a real lr moves it
     with pytest.raises(UsageError, match="architecture differs"):
-        train_model(small_train, TINY.replace(model="toy-vit-w16"), init_checkpoint=tmp_path / "ckpt")
+        train_model(small_train, TINY.replace(model="toy-vit-w32"), init_checkpoint=tmp_path / "ckpt")
 
 
 def test_cleanclip_chooses_the_lr_on_clean_validation_loss(poisoned, undefended, small_train):
