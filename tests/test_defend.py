@@ -84,6 +84,11 @@ def test_bad_defense_specs_are_usage_errors(spec, message):
         parse_defense(spec)
 
 
+def test_a_defense_without_what_it_needs_is_a_usage_error(poisoned):
+    with pytest.raises(UsageError, match="cleanclip needs the undefended model and clean pairs"):
+        apply_defense("cleanclip", DefenseContext(TINY, poisoned[0]))
+
+
 def test_flag_top_drops_the_ceiling_of_the_fraction_ties_by_order():
     scores = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2])
     assert flag_top(scores, 0.2).tolist() == [False, True, False, False, False]  # tie: earlier first
@@ -92,7 +97,7 @@ def test_flag_top_drops_the_ceiling_of_the_fraction_ties_by_order():
 
 def test_filter_then_retrain_keeps_the_manifest_keyed_by_sample(poisoned, undefended):
     dataset, poisons = poisoned
-    outcome = apply_defense("filter:clip-score@10%", DefenseContext(dataset, TINY, undefended))
+    outcome = apply_defense("filter:clip-score@10%", DefenseContext(TINY, dataset, undefended))
     assert int(outcome.flagged.sum()) == math.ceil(0.1 * len(dataset)) == outcome.record["num_dropped"]
     kept_keys = [k for k, f in zip(dataset.keys, outcome.flagged.tolist(), strict=True) if not f]
     remaining = filter_manifest(poisons.manifest, kept_keys)
@@ -124,13 +129,11 @@ def test_finetuning_from_a_checkpoint_loads_and_changes_weights(small_train, und
 
 def test_cleanclip_chooses_the_lr_on_clean_validation_loss(poisoned, undefended, small_train):
     dataset, _ = poisoned
-    context = DefenseContext(dataset, TINY, undefended, clean=small_train.subset(range(200)))
+    context = DefenseContext(TINY, dataset, undefended, clean=small_train.subset(range(200)))
     name, params = parse_defense("cleanclip")
     assert (params.epochs, params.batch_size, params.clip_weight, params.inmodal_weight) == (10, 64, 1.0, 1.0)
     assert 1e-5 in params.lrs
-    from poisonclip.defend.cleanclip import cleanclip
-
-    outcome = cleanclip(context, type(params)(lrs=(1e-6, 1e-2), epochs=1, batch_size=32))
+    outcome = get_defense(name).run(context, type(params)(lrs=(1e-6, 1e-2), epochs=1, batch_size=32))
     sweep = outcome.record["lr_sweep"]
     assert [row["lr"] for row in sweep] == [1e-6, 1e-2]
     assert outcome.record["chosen_lr"] == min(sweep, key=lambda r: r["validation_loss"])["lr"]
@@ -191,7 +194,7 @@ def test_safeclip_split_on_known_similarities():
 
 def test_roclip_and_safeclip_train_from_scratch(poisoned):
     dataset, _ = poisoned
-    context = DefenseContext(dataset, TINY.replace(epochs=3))
+    context = DefenseContext(TINY.replace(epochs=3), dataset)
     roclip = get_defense("roclip").run(context, RoClipParams(pool_size=128))
     assert roclip.seconds > 0 and roclip.record["pool_size"] == 128
     safeclip = apply_defense("safeclip", context)

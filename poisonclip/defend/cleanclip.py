@@ -53,11 +53,9 @@ class CleanClipParams:
             raise UsageError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
 
 
-@register_defense("cleanclip", CleanClipParams)
+@register_defense("cleanclip", CleanClipParams, needs=("model", "clean"))
 def cleanclip(context: DefenseContext, params: CleanClipParams) -> DefenseOutcome:
     """Fine-tune ``context.model`` on ``context.clean`` at each lr; keep the best on validation."""
-    if context.model is None or context.clean is None:
-        raise UsageError("cleanclip needs the poisoned model and a clean fine-tuning set")
     seed = context.train.seed
     order = torch.randperm(len(context.clean), generator=torch.Generator().manual_seed(seed))
     num_validation = round(params.validation_fraction * len(context.clean))

@@ -48,11 +48,9 @@ def filter_manifest(manifest: Iterable[dict], kept_keys: Iterable[str]) -> list[
     return [row for row in manifest if row["poison_key"] in kept]
 
 
-@register_defense("filter", FilterParams)
+@register_defense("filter", FilterParams, needs=("model", "dataset"))
 def filter_then_retrain(context: DefenseContext, params: FilterParams) -> DefenseOutcome:
     """Score the training set with the undefended model, drop the flagged pairs, retrain."""
-    if context.model is None:
-        raise UsageError("filter needs the undefended model (its embeddings rank the training set)")
     start = time.perf_counter()
     model_config = get_model_config(context.train.model)
     inputs = embed_training_set(context.model, context.dataset, model_config, context.early_loss)

@@ -25,10 +25,10 @@ from poisonclip.train.config import TrainConfig
 
 @dataclass(frozen=True)
 class DefenseContext:
-    """What a defender has."""
+    """What a defender has; each defense lists the fields it needs (``Defense.needs``)."""
 
-    dataset: ImageTextDataset  # the training set as collected (poisons included, unmarked)
     train: TrainConfig  # the recipe the undefended model was trained with (model, epochs, seed ...)
+    dataset: ImageTextDataset | None = None  # the training set as collected (poisons unmarked)
     model: torch.nn.Module | None = None  # the undefended model trained on ``dataset``
     clean: ImageTextDataset | None = None  # pairs the defender trusts (CleanCLIP's fine-tuning set)
     early_loss: torch.Tensor | None = None  # float64 [N]: the undefended run's early per-sample losses
@@ -47,23 +47,35 @@ class DefenseOutcome:
     alternatives: dict[str, torch.nn.Module] = field(default_factory=dict)  # candidates not chosen
 
 
+NEEDS = {"dataset": "the training set", "model": "the undefended model", "clean": "clean pairs"}
+
+
 @dataclass(frozen=True)
 class Defense:
     name: str
     params: type  # frozen dataclass; its defaults are the published (or toy-adapted) settings
-    run: Callable[[DefenseContext, object], DefenseOutcome]
+    needs: tuple[str, ...]  # DefenseContext fields that must be given
+    fn: Callable[[DefenseContext, object], DefenseOutcome]
+
+    def run(self, context: DefenseContext, params: object) -> DefenseOutcome:
+        if missing := [NEEDS[need] for need in self.needs if getattr(context, need) is None]:
+            raise UsageError(f"defense {self.name} needs {' and '.join(missing)}")
+        return self.fn(context, params)
 
 
 _DEFENSES: dict[str, Defense] = {}
 
 
-def register_defense(name: str, params: type) -> Callable[[Callable], Callable]:
-    """Register ``run(context, params) -> DefenseOutcome`` with its parameter dataclass."""
+def register_defense(name: str, params: type, needs: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """Register ``fn(context, params) -> DefenseOutcome`` with its parameter dataclass and the
+    ``DefenseContext`` fields it needs (``dataset``, ``model``, ``clean``)."""
+    if unknown := set(needs) - set(NEEDS):
+        raise ValueError(f"defense {name!r}: unknown needs {sorted(unknown)}")
 
     def decorator(fn: Callable) -> Callable:
         if name in _DEFENSES:
             raise ValueError(f"defense {name!r} registered twice")
-        _DEFENSES[name] = Defense(name, params, fn)
+        _DEFENSES[name] = Defense(name, params, needs, fn)
         return fn
 
     return decorator
@@ -109,9 +121,7 @@ class NoParams:
     """A defense without parameters."""
 
 
-@register_defense("none", NoParams)
+@register_defense("none", NoParams, needs=("model",))
 def no_defense(context: DefenseContext, params: NoParams) -> DefenseOutcome:
     """The undefended model itself: the matrix's baseline row."""
-    if context.model is None:
-        raise UsageError("defense none needs the undefended model")
     return DefenseOutcome(context.model, 0.0)

@@ -107,7 +107,7 @@ class RoClipObjective:
         )
 
 
-@register_defense("roclip", RoClipParams)
+@register_defense("roclip", RoClipParams, needs=("dataset",))
 def roclip(context: DefenseContext, params: RoClipParams) -> DefenseOutcome:
     """Train from scratch with the undefended recipe and the RoCLIP objective."""
     seed = context.train.seed

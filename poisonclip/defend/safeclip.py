@@ -120,7 +120,7 @@ class SafeClipObjective:
         return losses
 
 
-@register_defense("safeclip", SafeClipParams)
+@register_defense("safeclip", SafeClipParams, needs=("dataset",))
 def safeclip(context: DefenseContext, params: SafeClipParams) -> DefenseOutcome:
     """Train from scratch: in-modal warm-up, one low-lr CLIP epoch, then safe/risky epochs."""
     recipe, seed = context.train, context.train.seed

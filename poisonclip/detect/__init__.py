@@ -7,6 +7,7 @@ them. Importing this package registers them all.
 
 from poisonclip.detect import knn, simple  # noqa: F401  (registers the detectors)
 from poisonclip.detect.loss_tracking import LossTracker, load_loss_record, save_loss_record
+from poisonclip.detect.pipeline import ROC_GRID, Detection, run_detectors, write_detection
 from poisonclip.detect.registry import (
     DetectorInputs,
     detector_params,
@@ -27,6 +28,8 @@ from poisonclip.detect.scoring import (
 )
 
 __all__ = [
+    "ROC_GRID",
+    "Detection",
     "DetectorInputs",
     "LossTracker",
     "detection_metrics",
@@ -43,5 +46,7 @@ __all__ = [
     "roc_curve",
     "roc_on_grid",
     "run_detector",
+    "run_detectors",
     "save_loss_record",
+    "write_detection",
 ]
