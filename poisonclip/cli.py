@@ -353,6 +353,70 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("\n".join(listing[args.what]()))
 
 
+DEFAULT_DB = "results/sweeps.sqlite"
+
+
+def _local_executor(args: argparse.Namespace, sweep):
+    from poisonclip.experiments.sweep import LocalExecutor
+
+    return LocalExecutor.for_machine(args.workers)
+
+
+def _slurm_executor(args: argparse.Namespace, sweep):
+    from poisonclip.experiments.sweep import SubmititExecutor
+
+    if args.workers is not None:
+        raise UsageError("--workers is for the local executor; set SLURM resources in the file's [slurm]")
+    return SubmititExecutor(Path(args.db).parent / "submitit", "slurm", sweep.slurm)
+
+
+SWEEP_EXECUTORS = {"local": _local_executor, "slurm": _slurm_executor}
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> None:
+    from poisonclip.experiments.grid import load_sweep
+    from poisonclip.experiments.sweep import run_sweep
+
+    sweep = load_sweep(args.file)
+    executor = SWEEP_EXECUTORS[args.executor](args, sweep)
+    try:
+        summary = run_sweep(sweep, args.db, executor, args.data_root, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("poisonclip: interrupted; finished trials are stored, rerun to complete", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(
+        f"sweep {sweep.name}: ran {summary.completed} trials, {summary.already_done} were already "
+        f"stored, {len(summary.failed)} failed ({summary.trials} in all); results in {args.db}"
+    )
+    if summary.failed:
+        raise SystemExit(1)
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from poisonclip.experiments.grid import load_sweep
+    from poisonclip.experiments.sweep import sweep_status
+
+    sweep = load_sweep(args.file)
+    status = sweep_status(sweep, args.db)
+    print(
+        f"sweep {status.name} ({sweep.description or 'no description'}) in {args.db}:\n"
+        f"{status.trials} trials, {status.rows_done}/{status.rows_total} result rows stored\n"
+        f"done {status.done}  running {status.running}  remaining {status.remaining}\n"
+        + tqdm.format_meter(status.done, status.trials, 0, ncols=70, bar_format="{l_bar}{bar}| {n}/{total}")
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from poisonclip.report.document import write_report
+
+    summary = write_report(args.db, args.out)
+    print(f"wrote {len(summary.figures)} figures, {summary.markdown} and {summary.html}")
+    if summary.missing:
+        print(f"no sweep in {args.db} lists: {', '.join(summary.missing)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poisonclip",
@@ -552,6 +616,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch_options(p)
     _add_csv_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="run experiment grids into a results database")
+    sweep_sub = p.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+    q = sweep_sub.add_parser(
+        "run",
+        help="run every (configuration, seed) trial of an experiment file not yet stored",
+        description="Validate the experiment file, then train and evaluate every missing trial and "
+        "store each one atomically; rerun after an interruption to complete only the missing ones.",
+    )
+    q.add_argument("file", help="experiment file (TOML), e.g. experiments/fig4.toml")
+    q.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite)")
+    q.add_argument(
+        "--executor",
+        choices=sorted(SWEEP_EXECUTORS),
+        default="local",
+        help="local processes, or SLURM jobs via submitit (settings: the file's [slurm])",
+    )
+    q.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
+    q.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_sweep_run)
+    q = sweep_sub.add_parser("status", help="done / running / remaining trials of an experiment file")
+    q.add_argument("file", help="experiment file (TOML)")
+    q.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite)")
+    q.set_defaults(func=cmd_sweep_status)
+
+    p = sub.add_parser(
+        "report",
+        help="figures (paper Figs 2-6) and Markdown/HTML tables from a results database",
+        description="Draw every figure that a sweep in the database lists, and write report.md "
+        "and a self-contained report.html with the tables behind every figure.",
+    )
+    p.add_argument("db", help="results database written by `poisonclip sweep run`")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list model configs, presets or attacks")
     p.add_argument("what", choices=("models", "presets", "attacks"))

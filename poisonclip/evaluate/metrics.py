@@ -71,3 +71,54 @@ def sample_pair_similarities(
     i = torch.randint(n, (num_pairs,), generator=generator)
     j = (i + torch.randint(1, n, (num_pairs,), generator=generator)) % n  # j ≠ i
     return (x[i] * x[j]).sum(dim=1)
+
+
+def _pair_similarity_chunks(features: torch.Tensor, chunk_size: int):
+    """Yield (rows i, cosine similarities [c, N]) over row chunks of ``features`` [N, D]."""
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    for start in range(0, x.shape[0], chunk_size):
+        yield torch.arange(start, min(start + chunk_size, x.shape[0])), x[start : start + chunk_size] @ x.T
+
+
+def pair_similarity_histogram(
+    features: torch.Tensor, edges: torch.Tensor, chunk_size: int = 1024
+) -> list[int]:
+    """Counts [B] of the cosine similarity over all unordered pairs i < j of ``features`` [N, D].
+
+    ``edges`` float [B + 1], increasing; values outside [edges[0], edges[-1]] are clipped into the
+    end bins. Exact (every pair), in O(chunk_size · N) memory: the binned form of the paper's
+    Fig 3 right.
+    """
+    counts = torch.zeros(len(edges) - 1, dtype=torch.long)
+    for rows, sims in _pair_similarity_chunks(features, chunk_size):
+        upper = torch.arange(features.shape[0])[None, :] > rows[:, None]  # j > i
+        counts += torch.bincount(_bin_index(sims[upper], edges), minlength=len(counts))
+    return counts.tolist()
+
+
+def same_label_by_similarity(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    edges: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[list[int], list[int]]:
+    """Paper Fig 3 left, binned: over all pairs i < j of ``features`` [N, D] with ``labels`` int [N],
+    the number of pairs [B] and of pairs with equal labels [B] per cosine-similarity bin.
+
+    Their ratio estimates P(same label | similarity); ``labels`` may be true classes or a model's
+    predictions ("classified the same").
+    """
+    pairs = torch.zeros(len(edges) - 1, dtype=torch.long)
+    same = torch.zeros_like(pairs)
+    for rows, sims in _pair_similarity_chunks(features, chunk_size):
+        upper = torch.arange(features.shape[0])[None, :] > rows[:, None]
+        index = _bin_index(sims[upper], edges)
+        equal = (labels[rows][:, None] == labels[None, :])[upper]
+        pairs += torch.bincount(index, minlength=len(pairs))
+        same += torch.bincount(index[equal], minlength=len(pairs))
+    return pairs.tolist(), same.tolist()
+
+
+def _bin_index(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each value [M] for ``edges`` [B + 1]; out-of-range values go to the end bins."""
+    return (torch.bucketize(values, edges.to(values.dtype), right=True) - 1).clamp(0, len(edges) - 2)

@@ -28,6 +28,8 @@ class BackdoorEvaluation:
     metrics: dict[str, float]
     clean_features: torch.Tensor  # [N_nontarget, D]
     patched_features: torch.Tensor  # [N_nontarget, D]
+    labels: torch.Tensor  # int64 [N_nontarget]: true classes of those images
+    clean_predictions: torch.Tensor  # int64 [N_nontarget]: zero-shot classes of the clean images
 
 
 def evaluate_backdoor(
@@ -76,4 +78,6 @@ def evaluate_backdoor(
         "num_test": len(test),
         "num_nontarget": int(nontarget.sum()),
     }
-    return BackdoorEvaluation(metrics, clean_features[nontarget], patched_features)
+    return BackdoorEvaluation(
+        metrics, clean_features[nontarget], patched_features, nontarget_labels, clean_pred[nontarget]
+    )

@@ -52,6 +52,27 @@ def train_and_evaluate_backdoor(
 ) -> tuple[dict, BackdoorEvaluation]:
     """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation)."""
     model, model_config, stats = train_model(dataset, config, checkpoint_dir, progress)
+    return evaluate_trained_backdoor(
+        model, model_config, stats, test, classnames, target_label, patch_size, eval_placement, config.seed
+    )
+
+
+def evaluate_trained_backdoor(
+    model: torch.nn.Module,
+    model_config: dict,
+    stats: TrainStats,
+    test: ImageTextDataset,
+    classnames: list[str],
+    target_label: str,
+    patch_size: int,
+    eval_placement: str,
+    seed: int,
+) -> tuple[dict, BackdoorEvaluation]:
+    """Evaluate a model from ``train_model``: (flat metrics incl. training stats, evaluation).
+
+    Evaluation-only settings (``eval_placement``) can be varied on one trained model by calling
+    this once per setting; ``seed`` draws the random patch positions.
+    """
     evaluation = evaluate_backdoor(
         model,
         test,
@@ -59,7 +80,7 @@ def train_and_evaluate_backdoor(
         target_label,
         patch_size,
         placement=eval_placement,
-        seed=config.seed,
+        seed=seed,
         context_length=context_length_of(model_config),
     )
     metrics = {

@@ -1,0 +1,166 @@
+"""Trial runners: how a sweep trains and evaluates one model for each attack (a registry).
+
+A runner is registered with its parameter dataclass, whose fields are the keys of the attack's
+table in an experiment file (``[backdoor]``); any of them may be a grid axis. The dataclass
+provides ``training_params()`` — the part of the parameters that changes the trained model; cells
+that agree on it share one model and are evaluated on it (evaluation-only settings such as
+``eval_placement``) — and ``check(data)``, its cross-checks against the data config. A new attack
+adds one dataclass and one decorated function to this file::
+
+    @register_runner("targeted", TargetedParams)
+    def run_targeted_trial(trial, train, test, classnames) -> list[CellResult]: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from poisonclip.attacks.backdoor import make_backdoor
+from poisonclip.attacks.patch import PLACEMENTS, check_patch, patch_area_fraction
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.synthetic import SyntheticConfig
+from poisonclip.errors import UsageError
+from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
+from poisonclip.evaluate.suite import BackdoorEvaluation
+from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
+
+if TYPE_CHECKING:
+    from poisonclip.experiments.grid import Trial
+
+# Bins of the per-trial curves stored with every result row (paper Fig 3).
+SIMILARITY_EDGES = torch.linspace(-1, 1, 41)  # left: P(same label) per pair-similarity bin
+HISTOGRAM_EDGES = torch.linspace(-1, 1, 101)  # right: clean-pair vs patched-pair similarity
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What a trial reports for one of its cells: flat numbers and binned curves (lists)."""
+
+    metrics: dict[str, float | int]
+    curves: dict[str, list[float] | list[int]]
+
+
+@dataclass(frozen=True)
+class Runner:
+    name: str
+    params: type  # frozen dataclass with training_params() and check(data)
+    run: Callable[[Trial, ImageTextDataset, ImageTextDataset, list[str]], list[CellResult]]
+
+
+_RUNNERS: dict[str, Runner] = {}
+
+
+def register_runner(name: str, params: type) -> Callable[[Callable], Callable]:
+    """Register ``run(trial, train, test, classnames) -> [CellResult per trial.cells]``."""
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _RUNNERS:
+            raise ValueError(f"trial runner {name!r} registered twice")
+        _RUNNERS[name] = Runner(name, params, fn)
+        return fn
+
+    return decorator
+
+
+def list_runners() -> list[str]:
+    return sorted(_RUNNERS)
+
+
+def get_runner(name: str) -> Runner:
+    if name not in _RUNNERS:
+        raise UsageError(f"no sweep runner for attack {name!r}; available: {', '.join(list_runners())}")
+    return _RUNNERS[name]
+
+
+@dataclass(frozen=True)
+class BackdoorParams:
+    """The backdoor attack in a sweep (paper §3.3, §5.1); the keys of ``[backdoor]``."""
+
+    target_label: str = "star"
+    poison_count: int = 100  # poisons added to the clean pairs; 0 = a clean model (the baseline)
+    patch_size: int = 4  # checkerboard side in pixels
+    placement: str = "consistent"  # where the poisons carry the patch: upper-left or random
+    eval_placement: str = "consistent"  # where the test images carry it (evaluation only)
+
+    def __post_init__(self) -> None:
+        if self.poison_count < 0:
+            raise UsageError(f"poison_count must be >= 0, got {self.poison_count}")
+        if self.patch_size < 1:
+            raise UsageError(f"patch_size must be at least 1 pixel, got {self.patch_size}")
+        for name in ("placement", "eval_placement"):
+            if getattr(self, name) not in PLACEMENTS:
+                raise UsageError(f"{name} must be one of {PLACEMENTS}, got {getattr(self, name)!r}")
+
+    def training_params(self) -> dict:
+        if self.poison_count == 0:  # a clean model: no trigger, target or placement is trained in
+            return {"poison_count": 0}
+        params = dataclasses.asdict(self)
+        del params["eval_placement"]
+        return params
+
+    def check(self, data: SyntheticConfig) -> None:
+        check_patch(data.image_size, self.patch_size, self.placement)
+        if self.target_label not in data.classnames:
+            raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
+        if self.poison_count > data.num_train:
+            raise UsageError(f"poison_count {self.poison_count} exceeds num_train {data.num_train}")
+
+
+@register_runner("backdoor", BackdoorParams)
+def run_backdoor_trial(
+    trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
+) -> list[CellResult]:
+    """Add the trial's poisons to ``train`` (none for 0 poisons), train one model with the trial's
+    seed, and evaluate it once per cell (its target, patch size and evaluation placement)."""
+    first = trial.cells[0]  # all cells share training_params(), hence the same poisons
+    params = first.params
+    dataset = train
+    if params.poison_count:
+        poisons = make_backdoor(
+            train, params.target_label, params.poison_count, params.patch_size, params.placement, trial.seed
+        )
+        dataset = ImageTextDataset.concat([train, poisons.samples])
+    model, model_config, stats = train_model(dataset, first.train.replace(seed=trial.seed), progress=False)
+    sizes = {
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "num_params_visual": sum(p.numel() for p in model.visual.parameters()),
+    }
+    results = []
+    for cell in trial.cells:
+        p = cell.params
+        metrics, evaluation = evaluate_trained_backdoor(
+            model, model_config, stats, test, classnames,
+            p.target_label, p.patch_size, p.eval_placement, trial.seed,
+        )  # fmt: skip
+        metrics.update(
+            sizes,
+            num_train_pairs=len(dataset),
+            poison_rate=params.poison_count / len(dataset),
+            patch_area_fraction=patch_area_fraction(p.patch_size, test.images.shape[-1]),
+        )
+        results.append(CellResult(metrics, similarity_curves(evaluation)))
+    return results
+
+
+def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:
+    """Binned pair statistics of one evaluation (exact, all pairs i < j of non-target test images)."""
+    pairs, same_label = same_label_by_similarity(
+        evaluation.clean_features, evaluation.labels, SIMILARITY_EDGES
+    )
+    _, same_prediction = same_label_by_similarity(
+        evaluation.clean_features, evaluation.clean_predictions, SIMILARITY_EDGES
+    )
+    return {
+        "similarity_edges": SIMILARITY_EDGES.tolist(),
+        "pairs": pairs,
+        "same_label": same_label,
+        "same_prediction": same_prediction,
+        "histogram_edges": HISTOGRAM_EDGES.tolist(),
+        "clean_pairs": pair_similarity_histogram(evaluation.clean_features, HISTOGRAM_EDGES),
+        "patched_pairs": pair_similarity_histogram(evaluation.patched_features, HISTOGRAM_EDGES),
+    }

@@ -1,0 +1,284 @@
+"""The results store: one SQLite file, one row per (cell, seed), written one trial per transaction.
+
+A trial's rows are inserted in a single transaction, so a sweep killed at any moment (SIGINT,
+SIGTERM, SIGKILL) leaves either all of a trial's rows or none; ``PRIMARY KEY (config_hash, seed)``
+makes a second insert of the same result a no-op, so reruns never duplicate. Rollback-journal mode
+(SQLite's default) rather than WAL, because WAL needs shared memory that network file systems
+(where SLURM jobs write) do not provide.
+
+Tables::
+
+    results      config_hash, seed (key) · train_hash (rows sharing one trained model) · attack ·
+                 config, metrics, curves, versions (JSON) · wall_seconds · host · finished_at
+    sweeps       name · description · figures (JSON) · source (the experiment file) · updated_at
+    sweep_cells  (sweep, config_hash): which cells an experiment file currently contains
+    claims       (train_hash, seed) · host · pid · started_at: trials being run right now
+
+Metrics are JSON, so attacks can report different ones; query them with SQLite's JSON functions,
+e.g. ``SELECT json_extract(metrics, '$.zscore') FROM results``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from poisonclip.errors import UsageError
+from poisonclip.experiments.grid import Sweep, Trial
+from poisonclip.experiments.runners import CellResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    config_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    train_hash TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    config TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    curves TEXT NOT NULL,
+    wall_seconds REAL NOT NULL,
+    versions TEXT NOT NULL,
+    host TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (config_hash, seed)
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    figures TEXT NOT NULL,
+    source TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    PRIMARY KEY (sweep, config_hash)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    train_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    PRIMARY KEY (train_hash, seed)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One stored result: ``cell`` is the flattened cell config (``data.num_train``,
+    ``train.model``, and the attack's parameters unprefixed, e.g. ``poison_count``)."""
+
+    config_hash: str
+    seed: int
+    train_hash: str
+    attack: str
+    cell: dict[str, Any]
+    metrics: dict[str, float | int]
+    curves: dict[str, list]
+    wall_seconds: float
+    versions: dict[str, str]
+    host: str
+    finished_at: str
+
+    def get(self, key: str) -> Any:
+        """A cell field, else a metric."""
+        return self.cell[key] if key in self.cell else self.metrics[key]
+
+
+@dataclass(frozen=True)
+class Claim:
+    train_hash: str
+    seed: int
+    host: str
+    pid: int
+    started_at: str
+
+    def alive(self) -> bool:
+        """False only when the claim's process is known dead (same host, no such pid)."""
+        if self.host != socket.gethostname():
+            return True  # another machine's job (e.g. SLURM): cannot check, assume running
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def flatten_cell(config: dict) -> dict[str, Any]:
+    """``Cell.to_dict()`` → one flat dict: ``data.*``, ``train.*`` and the attack's parameters."""
+    flat = {"attack": config["attack"], **config["params"]}
+    for section in ("data", "train"):
+        flat.update({f"{section}.{k}": v for k, v in config[section].items()})
+    return flat
+
+
+def trial_done(trial: Trial, done: set[tuple[str, int]]) -> bool:
+    """Whether every cell of ``trial`` has its row among ``done`` (ResultStore.done_keys())."""
+    return all((cell.key, trial.seed) in done for cell in trial.cells)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ResultStore:
+    """A results database at ``path`` (created on first use). Every method opens its own short
+    connection, so one store may be used from many processes at once."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise UsageError(f"results database not found: {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+        with closing(sqlite3.connect(self.path, timeout=120, isolation_level=None)) as db:
+            yield db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; taking the write lock up front avoids lock-upgrade deadlocks."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def register_sweep(self, sweep: Sweep) -> None:
+        """Record the sweep and the cells it contains now (replacing an older version's list)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?, ?)",
+                (sweep.name, sweep.description, json.dumps(list(sweep.figures)), sweep.source, _now()),
+            )
+            db.execute("DELETE FROM sweep_cells WHERE sweep = ?", (sweep.name,))
+            db.executemany(
+                "INSERT INTO sweep_cells VALUES (?, ?)", [(sweep.name, cell.key) for cell in sweep.cells]
+            )
+
+    def done_keys(self) -> set[tuple[str, int]]:
+        """Every stored (config_hash, seed)."""
+        with self._connect() as db:
+            return set(db.execute("SELECT config_hash, seed FROM results"))
+
+    def is_done(self, trial: Trial) -> bool:
+        return trial_done(trial, self.done_keys())
+
+    def claim(self, trial: Trial, pid: int) -> None:
+        """Mark ``trial`` as being run by process ``pid`` on this host (informational only)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                (trial.train_key, trial.seed, socket.gethostname(), pid, _now()),
+            )
+
+    def release(self, trial: Trial) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM claims WHERE train_hash = ? AND seed = ?", (trial.train_key, trial.seed))
+
+    def claims(self) -> list[Claim]:
+        with self._connect() as db:
+            return [Claim(*row) for row in db.execute("SELECT * FROM claims")]
+
+    def add_trial(
+        self,
+        trial: Trial,
+        results: Sequence[CellResult],
+        wall_seconds: float,
+        versions: dict[str, str],
+    ) -> None:
+        """Insert one row per cell of ``trial`` and drop its claim, in one transaction."""
+        if len(results) != len(trial.cells):
+            raise ValueError(f"{len(results)} results for {len(trial.cells)} cells")
+        host, finished = socket.gethostname(), _now()
+        rows = [
+            (
+                cell.key,
+                trial.seed,
+                cell.train_key,
+                cell.attack,
+                json.dumps(cell.to_dict(), sort_keys=True),
+                json.dumps(result.metrics, sort_keys=True),
+                json.dumps(result.curves),
+                wall_seconds,
+                json.dumps(versions, sort_keys=True),
+                host,
+                finished,
+            )
+            for cell, result in zip(trial.cells, results, strict=True)
+        ]
+        with self._transaction() as db:
+            db.executemany(f"INSERT OR IGNORE INTO results VALUES ({', '.join('?' * 11)})", rows)
+            db.execute("DELETE FROM claims WHERE train_hash = ? AND seed = ?", (trial.train_key, trial.seed))
+
+    def sweeps(self) -> dict[str, dict[str, Any]]:
+        """name → {"description", "figures": [...], "source": file text, "updated_at"}."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM sweeps ORDER BY name")
+            return {
+                name: {
+                    "description": text,
+                    "figures": json.loads(figures),
+                    "source": source,
+                    "updated_at": at,
+                }
+                for name, text, figures, source, at in rows
+            }
+
+    def rows(self, sweeps: Sequence[str] | None = None) -> list[ResultRow]:
+        """Stored results, all or those of cells the named sweeps contain (each row once)."""
+        query = "SELECT * FROM results"
+        args: tuple = ()
+        if sweeps is not None:
+            marks = ", ".join("?" * len(sweeps))
+            query += f" WHERE config_hash IN (SELECT config_hash FROM sweep_cells WHERE sweep IN ({marks}))"
+            args = tuple(sweeps)
+        with self._connect() as db:
+            records = db.execute(query + " ORDER BY config_hash, seed", args).fetchall()
+        return [
+            ResultRow(
+                config_hash=key,
+                seed=seed,
+                train_hash=train_hash,
+                attack=attack,
+                cell=flatten_cell(json.loads(config)),
+                metrics=json.loads(metrics),
+                curves=json.loads(curves),
+                wall_seconds=wall,
+                versions=json.loads(versions),
+                host=host,
+                finished_at=finished,
+            )
+            for (
+                key,
+                seed,
+                train_hash,
+                attack,
+                config,
+                metrics,
+                curves,
+                wall,
+                versions,
+                host,
+                finished,
+            ) in records
+        ]

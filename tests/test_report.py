@@ -1,0 +1,191 @@
+"""Figures and reports from a fixture database of synthetic result rows (no training)."""
+
+import math
+import random
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from poisonclip.cli import main
+from poisonclip.experiments.grid import parse_sweep
+from poisonclip.experiments.runners import HISTOGRAM_EDGES, SIMILARITY_EDGES, CellResult
+from poisonclip.experiments.store import ResultStore
+from poisonclip.report.document import write_report
+from poisonclip.report.sweep_figures import get_figure, list_figures
+
+COMMON = """
+[data]
+num_train = 1000
+num_test = 200
+[train]
+preset = "tiny"
+"""
+# One sweep per group of figures, with the axes those figures plot.
+FIXTURE_SWEEPS = {
+    "counts": """
+figures = ["fig2_right", "fig3_left", "fig3_right", "fig4", "asr_vs_rate"]
+seeds = 3
+[backdoor]
+poison_count = [0, 10, 50]
+placement = ["consistent", "random"]
+eval_placement = ["consistent", "random"]
+""",
+    "sizes": """
+figures = ["fig5_left", "asr_vs_rate"]
+seeds = 2
+[data]
+num_train = [1000, 2000, 4000]
+[backdoor]
+poison_count = [10, 50]
+""",
+    "models": """
+figures = ["fig5_right"]
+seeds = 3
+[train]
+model = ["toy-vit-w16", "toy-vit-w32", "toy-vit-w64"]
+[backdoor]
+poison_count = 50
+""",
+    "patches": """
+figures = ["fig6"]
+seeds = 3
+[backdoor]
+poison_count = 50
+patch_size = [1, 2, 4]
+""",
+}
+VISUAL_PARAMS = {
+    "toy-vit-micro": 15_984,
+    "toy-vit-w16": 10_240,
+    "toy-vit-w32": 33_280,
+    "toy-vit-w64": 217_728,
+}
+
+
+def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
+    """Plausible metrics and curves for one cell: z and ASR grow with poisons and patch size."""
+    p = cell.params
+    rate = p.poison_count / (cell.data.num_train + p.poison_count)
+    strength = (1 - math.exp(-p.poison_count / 20)) * min(1.0, p.patch_size / 3)
+    if p.placement != p.eval_placement:
+        strength *= 0.5
+    zscore = 2.5 * strength + rng.gauss(0, 0.2)
+    metrics = {
+        "zscore": zscore,
+        "asr": min(1.0, max(0.0, 0.9 * strength + rng.gauss(0.05, 0.03))),
+        "natural_rate": 0.05 + rng.uniform(-0.01, 0.01),
+        "zero_shot_acc": 0.8 + rng.uniform(-0.05, 0.05),
+        "poison_rate": rate,
+        "patch_area_fraction": p.patch_size**2 / 32**2,
+        "num_params": 40 * VISUAL_PARAMS[cell.train.model],
+        "num_params_visual": VISUAL_PARAMS[cell.train.model],
+        "clean_pair_mean": 0.2,
+        "clean_pair_std": 0.25,
+        "patched_pair_mean": 0.2 + 0.25 * zscore,
+    }
+    bins = len(SIMILARITY_EDGES) - 1
+    pairs = [rng.randint(0, 5000) for _ in range(bins)]
+    same = [int(n * math.exp(3 * (b / bins - 1))) for b, n in enumerate(pairs)]
+    hist = len(HISTOGRAM_EDGES) - 1
+    curves = {
+        "similarity_edges": SIMILARITY_EDGES.tolist(),
+        "pairs": pairs,
+        "same_label": same,
+        "same_prediction": [min(n, s + 3) for s, n in zip(same, pairs, strict=True)],
+        "histogram_edges": HISTOGRAM_EDGES.tolist(),
+        "clean_pairs": [int(1000 * math.exp(-(((b - 60) / 12) ** 2))) for b in range(hist)],
+        "patched_pairs": [int(1000 * math.exp(-(((b - 60 - 30 * strength) / 8) ** 2))) for b in range(hist)],
+    }
+    return CellResult(metrics, curves)
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("report") / "fixture.sqlite"
+    store = ResultStore(db)
+    rng = random.Random(0)
+    for name, text in FIXTURE_SWEEPS.items():
+        document = tomllib.loads(COMMON)
+        for key, value in tomllib.loads(text).items():
+            document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
+        sweep = parse_sweep(document, name)
+        store.register_sweep(sweep)
+        for trial in sweep.trials():
+            results = [fake_result(cell, trial.seed, rng) for cell in trial.cells]
+            store.add_trial(trial, results, wall_seconds=rng.uniform(30, 60), versions={"torch": "x"})
+    return db
+
+
+def test_fixture_feeds_every_registered_figure():
+    listed = {f for text in FIXTURE_SWEEPS.values() for f in tomllib.loads(text)["figures"]}
+    assert listed == set(list_figures())  # a new figure needs a fixture sweep here
+
+
+@pytest.mark.parametrize("name", list_figures())
+def test_every_figure_renders_from_database_rows(fixture_db, tmp_path, name):
+    store = ResultStore(fixture_db, create=False)
+    sweeps = [s for s, info in store.sweeps().items() if name in info["figures"]]
+    spec = get_figure(name)
+    table = spec.render(store.rows(sweeps), tmp_path / f"{name}.png")
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert table.rows and all(len(row) == len(table.columns) for row in table.rows)
+    assert spec.title.startswith(("Fig", "Attack")) and spec.caption
+
+
+def test_line_figures_keep_settings_apart_and_state_patch_area(fixture_db, tmp_path):
+    store = ResultStore(fixture_db, create=False)
+    fig4 = get_figure("fig4").render(store.rows(["counts"]), tmp_path / "f4.png")
+    assert fig4.columns[:3] == ("poison placement", "test placement", "poisons")
+    assert len(fig4.rows) == 2 * 2 * 3  # placement panels × test placements × counts (0 included)
+    assert all(row[3] == "3" for row in fig4.rows)  # three seeds a point
+    fig6 = get_figure("fig6").render(store.rows(["patches"]), tmp_path / "f6.png")
+    by_size = {row[0]: row for row in fig6.rows}
+    assert by_size["4"][1:3] == ("1.56%", "28×28")  # area and the same area on 224×224
+    fig5 = get_figure("fig5_right").render(store.rows(["models"]), tmp_path / "f5.png")
+    assert [row[1] for row in fig5.rows] == ["toy-vit-w16", "toy-vit-w32", "toy-vit-w64"]
+
+
+def test_report_writes_markdown_and_self_contained_html(fixture_db, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(fixture_db), "--out", str(out)]) == 0
+    assert f"wrote {len(list_figures())} figures" in capsys.readouterr().out
+    markdown = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for name in list_figures():
+        spec = get_figure(name)
+        assert (out / f"{name}.png").is_file()
+        assert f"![{spec.title}]({name}.png)" in markdown
+        assert f"<h2>{spec.title.replace(chr(39), '&#x27;')}</h2>" in page
+    assert page.count("src='data:image/png;base64,") == len(list_figures())
+    assert "src='fig" not in page  # nothing outside the file
+    assert markdown.count("| seeds |") == len(FIXTURE_SWEEPS)  # a summary table per sweep
+    assert "Package versions: torch x" in markdown
+
+
+def test_report_lists_figures_without_data(tmp_path):
+    db = tmp_path / "one.sqlite"
+    store = ResultStore(db)
+    sweep = parse_sweep(tomllib.loads(COMMON + "[backdoor]\npoison_count = 10\n"), "lonely")
+    store.register_sweep(sweep)  # lists no figure
+    trial = sweep.trials()[0]
+    store.add_trial(trial, [fake_result(trial.cells[0], 0, random.Random(1))], 1.0, {"torch": "x"})
+    summary = write_report(db, tmp_path / "out")
+    assert summary.figures == [] and summary.missing == list_figures()
+    assert "Sweep lonely: all results" in summary.markdown.read_text()
+
+
+def test_report_on_a_missing_database_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "o")]) == 2
+    assert "results database not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_imports_no_plotting_or_cluster_library():
+    code = (
+        "import sys, poisonclip.cli, poisonclip.experiments.sweep, poisonclip.report.sweep_figures\n"
+        "poisonclip.cli.build_parser().format_help()\n"
+        "assert 'matplotlib' not in sys.modules and 'submitit' not in sys.modules, sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
