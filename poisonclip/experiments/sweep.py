@@ -42,6 +42,7 @@ from poisonclip.experiments.demo import prepare_data
 from poisonclip.experiments.grid import Sweep, Trial, config_hash
 from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
+from poisonclip.train.parallel import available_cores
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,6 @@ class Executor(Protocol):
     def run(self, jobs: Sequence[TrialJob]) -> Iterator[TrialOutcome]:
         """Run ``jobs``, yielding each outcome as it finishes (in any order)."""
         ...
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
