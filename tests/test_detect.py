@@ -174,3 +174,18 @@ def test_loss_tracker_records_per_sample_losses_by_id(small_train, tmp_path):
     assert torch.equal(reloaded.isnan(), losses.isnan())
     with pytest.raises(UsageError, match="differ"):
         load_loss_record(tmp_path / "l.json", small_train.keys[::-1])
+
+
+def test_a_poison_set_on_disk_is_keyed_as_its_manifest(small_data_dir, small_train, tmp_path):
+    from poisonclip.attacks import make_backdoor, write_poison_set
+    from poisonclip.data import ImageTextDataset, read_csv_dataset
+
+    poisons = make_backdoor(small_train, "star", 6, seed=1)
+    write_poison_set(tmp_path / "p", poisons)
+    trained_on = ImageTextDataset.concat(
+        [small_train, read_csv_dataset(tmp_path / "p" / "poisons.csv", progress=False)]
+    )
+    assert trained_on.keys[-6:] == [row["poison_key"] for row in poisons.manifest]
+    assert (
+        poison_labels(trained_on.keys, poisons.manifest).tolist() == [False] * len(small_train) + [True] * 6
+    )

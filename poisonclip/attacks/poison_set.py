@@ -45,17 +45,23 @@ class PoisonSet:
 
 
 def write_poison_set(out_dir: str | Path, poisons: PoisonSet) -> Path:
-    """Write poison-only data: ``poisons.csv`` + PNGs under ``images/`` + ``manifest.jsonl``.
+    """Write poison-only data: ``poisons.csv`` + PNGs under ``poison/`` + ``manifest.jsonl``.
 
     The CSV has open_clip's columns, so ``train.csv`` and ``poisons.csv`` together are the poisoned
-    training set; the user's data is never rewritten. Written atomically.
+    training set; the user's data is never rewritten. Each PNG is stored at its manifest
+    ``poison_key`` (``poison/000000.png``), so a sample read from the CSV has the key the manifest
+    lists (detectors and filters are scored and applied by key). Written atomically.
     """
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         images = poisons.samples.images.permute(0, 2, 3, 1).numpy()
         names = [Path(row["poison_key"]).stem for row in poisons.manifest]
-        write_csv_dataset(tmp / POISON_CSV_NAME, "images", images, poisons.samples.captions, names=names)
+        keys = write_csv_dataset(
+            tmp / POISON_CSV_NAME, POISON_KEY_PREFIX, images, poisons.samples.captions, names=names
+        )
+        if keys != [row["poison_key"] for row in poisons.manifest]:
+            raise ValueError("poison keys must be 'poison/<name>.png' to be stored at their own path")
         _write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
     return out_dir
 

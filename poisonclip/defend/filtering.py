@@ -17,6 +17,7 @@ import torch
 
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.detect.registry import embed_training_set, get_detector, run_detector
+from poisonclip.detect.scoring import manifest_keys
 from poisonclip.errors import UsageError
 from poisonclip.experiments.trial import train_model
 from poisonclip.train.model import get_model_config
@@ -45,7 +46,7 @@ def flag_top(scores: torch.Tensor, fraction: float) -> torch.Tensor:
 def filter_manifest(manifest: Iterable[dict], kept_keys: Iterable[str]) -> list[dict]:
     """The manifest rows of the poisons still in the training set after filtering."""
     kept = set(kept_keys)
-    return [row for row in manifest if row["poison_key"] in kept]
+    return [row for row in manifest if manifest_keys(row) & kept]
 
 
 @register_defense("filter", FilterParams, needs=("model", "dataset"))

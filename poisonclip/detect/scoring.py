@@ -14,9 +14,15 @@ import numpy as np
 import torch
 
 
+def manifest_keys(row: dict) -> set[str]:
+    """The keys a poison is known by: its ``poison_key`` (in memory and in ``poisons.csv``) and,
+    for poison shards, its ``shard_key``."""
+    return {row["poison_key"], *([row["shard_key"]] if "shard_key" in row else [])}
+
+
 def poison_labels(keys: Sequence[str], manifest: Iterable[dict]) -> torch.Tensor:
-    """bool [N]: which of the samples ``keys`` the manifest lists as poisons (by ``poison_key``)."""
-    poison_keys = {row["poison_key"] for row in manifest}
+    """bool [N]: which of the samples ``keys`` the manifest lists as poisons."""
+    poison_keys = set().union(*(manifest_keys(row) for row in manifest))
     return torch.tensor([key in poison_keys for key in keys], dtype=torch.bool)
 
 
