@@ -8,6 +8,7 @@ failed command leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -292,18 +293,33 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
     from poisonclip.experiments.trial import train_model
     from poisonclip.train.model import get_model_config, image_size_of
 
     config = _train_config(args)
     if args.backend == "open_clip":
+        if args.init_checkpoint or args.track_loss_epochs:
+            raise UsageError("--init-checkpoint and --track-loss-epochs need --backend memory")
         _train_open_clip(config, args)
         return
     if args.dry_run or args.slurm_partition:
         raise UsageError("--dry-run and --slurm-partition need --backend open_clip")
+    if args.track_loss_epochs is not None and not 1 <= args.track_loss_epochs <= config.epochs:
+        raise UsageError(f"--track-loss-epochs must be between 1 and the {config.epochs} training epochs")
     image_size = image_size_of(get_model_config(config.model))  # validates the model name early
     dataset = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.data])
-    _, _, stats = train_model(dataset, config, args.out, progress=not args.no_progress)
+    tracker = LossTracker(len(dataset), args.track_loss_epochs) if args.track_loss_epochs else None
+    _, _, stats = train_model(
+        dataset,
+        config,
+        args.out,
+        not args.no_progress,
+        init_checkpoint=args.init_checkpoint,
+        on_batch=tracker,
+    )
+    if tracker is not None:
+        save_loss_record(Path(args.out) / LOSS_RECORD_NAME, dataset.keys, tracker.mean(), tracker.epochs)
     print(
         f"trained {stats.steps} steps ({stats.samples_per_second:,.0f} samples/s, "
         f"final loss {stats.final_loss:.3f}); checkpoint in {args.out}"
@@ -345,11 +361,171 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _read_training_set(args: argparse.Namespace, image_size: int):
+    """The training set as trained on (``--data``, in order), and poison labels from ``--manifest``."""
+    from poisonclip.attacks.poison_set import read_manifest
+    from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.detect.scoring import poison_labels
+
+    dataset = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.data])
+    if len(set(dataset.keys)) != len(dataset):
+        duplicate = next(k for i, k in enumerate(dataset.keys) if k in dataset.keys[:i])
+        raise UsageError(f"sample key {duplicate!r} appears twice in --data; keys must identify samples")
+    if not args.manifest:
+        return dataset, None, None
+    for path in args.manifest:
+        if not Path(path).is_file():
+            raise UsageError(f"manifest not found: {path}")
+    manifest = [row for path in args.manifest for row in read_manifest(path)]
+    labels = poison_labels(dataset.keys, manifest)
+    if not labels.any():
+        raise UsageError(
+            "no sample of --data is listed in --manifest (pass the poison set's poisons.csv too)"
+        )
+    return dataset, labels, manifest
+
+
+def _detector_settings(names: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Each detector with the neighbour count and space it takes (``--lid-k`` for LID)."""
+    from poisonclip.detect import detector_params
+
+    settings = {}
+    for name in names:
+        accepted, params = detector_params(name), {}
+        k = args.lid_k if name == "lid" else args.k
+        if "k" in accepted and k is not None:
+            params["k"] = k
+        if "space" in accepted:
+            params["space"] = args.space
+        settings[name] = params
+    return settings
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from poisonclip.detect import (
+        embed_training_set,
+        get_detector,
+        list_detectors,
+        load_loss_record,
+        run_detectors,
+        write_detection,
+    )
+    from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME
+    from poisonclip.train.checkpoint import load_checkpoint
+    from poisonclip.train.model import image_size_of
+
+    names = args.detectors.split(",") if args.detectors else list_detectors()
+    for name in names:
+        get_detector(name)  # an unknown name fails before any work
+    record = Path(args.loss_record) if args.loss_record else Path(args.checkpoint) / LOSS_RECORD_NAME
+    if not args.detectors and not record.is_file():
+        names.remove("loss-tracking")
+        print(f"no loss record ({record}): loss-tracking skipped (train with --track-loss-epochs)")
+    model, model_config = load_checkpoint(args.checkpoint)
+    dataset, labels, _ = _read_training_set(args, image_size_of(model_config))
+    early_loss = load_loss_record(record, dataset.keys) if "loss-tracking" in names else None
+    inputs = embed_training_set(model, dataset, model_config, early_loss)
+    detection = run_detectors(inputs, _detector_settings(names, args), labels, args.seed)
+    meta = {"checkpoint": str(args.checkpoint), "data": args.data, "manifest": args.manifest}
+    write_detection(args.out, dataset.keys, detection, labels, meta=meta)
+    for name in names:
+        line = f"{name:>17}: {detection.seconds[name]:6.2f} s"
+        if labels is not None:
+            m = detection.metrics[name]
+            line += f"  ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}"
+            line += (
+                f"  FPR@95%recall {m['fpr_at_95_recall']:.3f}  shuffled ROC-AUC {m['roc_auc_shuffled']:.3f}"
+            )
+        print(line)
+    if labels is not None:
+        rate = labels.double().mean()
+        print(f"{int(labels.sum())} poisons among {len(labels)} pairs (PR-AUC chance level: {rate:.4f})")
+    print(f"wrote {Path(args.out) / 'scores.tsv'} and {Path(args.out) / 'metrics.json'}")
+
+
+# defend options -> fields of the defense's parameter dataclass (poisonclip.defend.*Params)
+DEFENSE_OPTIONS = {
+    "detector": "detector",
+    "fraction": "fraction",
+    "lrs": "lrs",
+    "finetune_epochs": "epochs",
+    "finetune_batch_size": "batch_size",
+    "clip_weight": "clip_weight",
+    "inmodal_weight": "inmodal_weight",
+    "validation_fraction": "validation_fraction",
+    "pool_size": "pool_size",
+    "break_epoch": "break_epoch",
+    "warmup_epochs": "warmup_epochs",
+    "low_lr_factor": "low_lr_factor",
+    "first_threshold": "first_threshold",
+    "fraction_step": "fraction_step",
+    "max_fraction": "max_fraction",
+}
+
+
+def _defense_params(defense, args: argparse.Namespace):
+    """The defense's parameter dataclass from the options given; options of other defenses are refused."""
+    fields = {f.name for f in dataclasses.fields(defense.params)}
+    given = {dest: getattr(args, dest) for dest in DEFENSE_OPTIONS if getattr(args, dest) is not None}
+    if foreign := sorted(
+        f"--{dest.replace('_', '-')}" for dest in given if DEFENSE_OPTIONS[dest] not in fields
+    ):
+        raise UsageError(f"{', '.join(foreign)} do(es) not apply to defense {defense.name}")
+    values = {DEFENSE_OPTIONS[dest]: value for dest, value in given.items()}
+    if "lrs" in values:
+        values["lrs"] = tuple(values["lrs"])
+    return defense.params(**values)
+
+
+def cmd_defend(args: argparse.Namespace) -> None:
+    from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.defend import DefenseContext, get_defense
+    from poisonclip.defend.output import CHECKPOINT_DIR, RECORD_NAME, write_defense
+    from poisonclip.train.checkpoint import load_checkpoint_as
+    from poisonclip.train.model import get_model_config, image_size_of
+
+    defense = get_defense(args.defense)
+    params = _defense_params(defense, args)
+    config = _train_config(args)
+    given = {"model": args.checkpoint, "dataset": args.data, "clean": args.clean_data}
+    flags = {"model": "--checkpoint", "dataset": "--data", "clean": "--clean-data"}
+    if missing := [flags[need] for need in defense.needs if not given[need]]:
+        raise UsageError(f"defense {defense.name} needs {' and '.join(missing)}")
+    if unused := [flags[k] for k, v in given.items() if v and k not in defense.needs]:
+        raise UsageError(f"defense {defense.name} does not use {' or '.join(unused)}")
+    if args.manifest and not args.data:
+        raise UsageError("--manifest labels the samples of --data, which this defense does not use")
+    model_config = get_model_config(config.model)
+    model = load_checkpoint_as(args.checkpoint, model_config) if args.checkpoint else None
+    image_size = image_size_of(model_config)
+    dataset, labels, manifest = _read_training_set(args, image_size) if args.data else (None, None, None)
+    clean = None
+    if args.clean_data:
+        clean = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.clean_data])
+    context = DefenseContext(config, dataset, model, clean, progress=not args.no_progress)
+    outcome = defense.run(context, params)
+    keys = dataset.keys if dataset is not None else None
+    write_defense(args.out, defense.name, params, outcome, model_config, config, keys, manifest)
+    print(
+        f"{defense.name}: {outcome.seconds:.1f} s; defended checkpoint in {Path(args.out) / CHECKPOINT_DIR}"
+    )
+    print(f"record in {Path(args.out) / RECORD_NAME}; evaluate with: poisonclip evaluate --checkpoint "
+          f"{Path(args.out) / CHECKPOINT_DIR} ...")  # fmt: skip
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from poisonclip.attacks import list_attacks
+    from poisonclip.defend import list_defenses
+    from poisonclip.detect import list_detectors
     from poisonclip.train import list_model_configs, list_presets
 
-    listing = {"models": list_model_configs, "presets": list_presets, "attacks": list_attacks}
+    listing = {
+        "models": list_model_configs,
+        "presets": list_presets,
+        "attacks": list_attacks,
+        "detectors": list_detectors,
+        "defenses": list_defenses,
+    }
     print("\n".join(listing[args.what]()))
 
 
@@ -588,9 +764,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--slurm-partition", help="submit to this SLURM partition (submitit), one node")
     g.add_argument("--slurm-timeout-min", type=int, default=24 * 60, help="SLURM time limit in minutes")
+    p.add_argument(
+        "--init-checkpoint",
+        help="start from this checkpoint instead of a fresh model (fine-tuning); it must have the "
+        "architecture of --model / the preset's model",
+    )
+    p.add_argument(
+        "--track-loss-epochs",
+        type=int,
+        help="record each sample's loss averaged over the first E epochs in OUT/sample_losses.json "
+        "(for poisonclip detect's loss-tracking detector)",
+    )
     _add_csv_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "detect",
+        help="score every training pair with poison detectors; with a manifest, ROC-AUC etc.",
+        description="Embed the training set with a trained checkpoint and give every pair a score per "
+        "detector (higher = more suspicious). Detectors see the embeddings (and the early "
+        "per-sample losses) only; --manifest is used to score them: ROC-AUC, PR-AUC, false-positive "
+        "rate at 95%% recall, and ROC-AUC against shuffled labels (the null level, about 0.5). Writes "
+        "OUT/scores.tsv and OUT/metrics.json.",
+    )
+    p.add_argument("--checkpoint", required=True, help="the model trained on --data (checkpoint directory)")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="the training set as trained on: CSVs or shards, in order"
+    )
+    p.add_argument(
+        "--manifest", nargs="+", help="poison manifests (manifest.jsonl) naming the poisons among --data"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--detectors",
+        help="comma-separated detector names (poisonclip list detectors); default: all, without "
+        "loss-tracking when there is no loss record",
+    )
+    p.add_argument("--k", type=int, help="neighbours for k-distance, SLOF and DAO (default 16)")
+    p.add_argument("--lid-k", type=int, help="neighbours for LID (default 64)")
+    p.add_argument(
+        "--space",
+        choices=("image", "text", "joint"),
+        default="image",
+        help="embedding the k-NN detectors search: image, caption, or both side by side",
+    )
+    p.add_argument(
+        "--loss-record",
+        help="per-sample early losses (default: CHECKPOINT/sample_losses.json, written by "
+        "poisonclip train --track-loss-epochs)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled-label null check")
+    _add_csv_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser(
+        "defend",
+        help="apply a defense (filter, cleanclip, roclip, safeclip) to one model or dataset",
+        description="Run one defense and write OUT/checkpoint/ (evaluate it with poisonclip evaluate) "
+        "and OUT/defense.json (parameters, cost, the defense's own record; with --manifest, how many "
+        "poisons it flagged). filter: rank --data with a detector on --checkpoint, drop the top "
+        "--fraction, retrain from scratch. cleanclip: fine-tune --checkpoint on --clean-data with CLIP "
+        "+ in-modal losses at each of --lrs, keep the lowest clean validation loss. roclip and "
+        "safeclip: train from scratch on --data. Training options as for poisonclip train (for "
+        "cleanclip only optimizer, weight decay, warm-up, device and precision apply).",
+    )
+    p.add_argument("defense", help="filter, cleanclip, roclip or safeclip (poisonclip list defenses)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--checkpoint", help="the undefended model (filter, cleanclip)")
+    p.add_argument(
+        "--data", nargs="+", help="the (poisoned) training set: CSVs or shards (filter, roclip, safeclip)"
+    )
+    p.add_argument("--manifest", nargs="+", help="poison manifests, to report what the defense flagged")
+    p.add_argument("--clean-data", nargs="+", help="the defender's clean pairs (cleanclip)")
+    _add_train_options(p)
+    g = p.add_argument_group("filter")
+    g.add_argument("--detector", help="detector whose ranking is filtered (default slof)")
+    g.add_argument(
+        "--fraction", type=float, help="fraction of the training set dropped, in (0, 1) (default 0.05)"
+    )
+    g = p.add_argument_group("cleanclip (published: batch 64, 10 epochs, lr 1e-5, weights 1 and 1)")
+    g.add_argument("--lrs", type=float, nargs="+", help="learning rates tried (default 1e-5 1e-4 1e-3)")
+    g.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 10)")
+    g.add_argument("--finetune-batch-size", type=int, help="fine-tuning batch size (default 64)")
+    g.add_argument("--clip-weight", type=float, help="weight of the CLIP loss (default 1)")
+    g.add_argument("--inmodal-weight", type=float, help="weight of the in-modal loss (default 1)")
+    g.add_argument(
+        "--validation-fraction", type=float, help="clean pairs held out to choose the lr (default 0.2)"
+    )
+    g = p.add_argument_group("roclip")
+    g.add_argument("--pool-size", type=int, help="captions in the FIFO pool, << dataset (default 1024)")
+    g.add_argument(
+        "--break-epoch", type=int, help="match images to pool captions every Nth epoch (default 2)"
+    )
+    g = p.add_argument_group("safeclip")
+    g.add_argument("--warmup-epochs", type=int, help="in-modal warm-up epochs (default 1)")
+    g.add_argument("--low-lr-factor", type=float, help="lr factor of the one cross-modal epoch (default 0.1)")
+    g.add_argument("--first-threshold", type=float, help="first split: P(safe component) above (default 0.9)")
+    g.add_argument("--fraction-step", type=float, help="safe fraction growth per epoch (default 0.01)")
+    g.add_argument("--max-fraction", type=float, help="largest safe fraction (default 0.85)")
+    _add_csv_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser(
         "evaluate",
@@ -652,8 +928,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("list", help="list model configs, presets or attacks")
-    p.add_argument("what", choices=("models", "presets", "attacks"))
+    p = sub.add_parser("list", help="list model configs, presets, attacks, detectors or defenses")
+    p.add_argument("what", choices=("models", "presets", "attacks", "detectors", "defenses"))
     p.set_defaults(func=cmd_list)
     return parser
 

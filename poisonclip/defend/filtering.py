@@ -74,5 +74,6 @@ def filter_then_retrain(context: DefenseContext, params: FilterParams) -> Defens
             "num_kept": len(kept),
         },
         flagged=flagged,
+        trained_on=~flagged,
         scores=scores,
     )

@@ -43,6 +43,7 @@ class DefenseOutcome:
     seconds: float  # wall-clock of the defense itself (training, fine-tuning, scoring)
     record: dict = field(default_factory=dict)  # flat numbers and small lists (e.g. the lr sweep)
     flagged: torch.Tensor | None = None  # bool [N]: pairs treated as suspicious (dropped, "risky")
+    trained_on: torch.Tensor | None = None  # bool [N]: the pairs trained on, where some are dropped
     scores: torch.Tensor | None = None  # float64 [N]: the detector ranking behind ``flagged``
     alternatives: dict[str, torch.nn.Module] = field(default_factory=dict)  # candidates not chosen
 
