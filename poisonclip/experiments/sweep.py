@@ -162,7 +162,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def _init_worker(parent_pid: int) -> None:
     """Make a pool worker die with the sweep process: a SIGKILLed (or SIGTERMed) parent cannot end
-    its pool, and an orphan would keep training. Its uncommitted trial is redone by the next run."""
+    its pool, and an orphan would keep training. Its uncommitted trial is redone by the next run.
+    (Runs once the worker has imported poisonclip: a worker still starting up when the parent
+    dies exits here, before taking a trial.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the pool
     if sys.platform == "linux":  # the kernel kills the worker the moment the parent dies
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
