@@ -67,6 +67,9 @@ def test_registry_and_specs():
     name, params = parse_defense("filter:k-distance@2.5%")
     assert (name, params.detector, params.fraction) == ("filter", "k-distance", 0.025)
     assert parse_defense("roclip")[1].break_epoch == 2
+    assert parse_defense("roclip(pool_size=256)")[1].pool_size == 256
+    assert parse_defense("cleanclip(lrs=1e-5 1e-4, epochs=5)")[1].lrs == (1e-5, 1e-4)
+    assert parse_defense("filter(detector=lid, fraction=0.1)")[1] == parse_defense("filter:lid@10%")[1]
 
 
 @pytest.mark.parametrize(
@@ -77,6 +80,9 @@ def test_registry_and_specs():
         ("filter:slof@0%", "in \\(0, 1\\)"),
         ("filter:slof@100%", "in \\(0, 1\\)"),
         ("filter:slof", "filter:<detector>@<percent>%"),
+        ("filter:slof@x%", "not a number"),
+        ("roclip(pool=3)", "has no parameter"),
+        ("roclip(pool_size=2.5)", "not a whole number"),
     ],
 )
 def test_bad_defense_specs_are_usage_errors(spec, message):

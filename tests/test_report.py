@@ -55,6 +55,15 @@ seeds = 3
 poison_count = 50
 patch_size = [1, 2, 4]
 """,
+    "defenses": """
+attack = "defense"
+figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr"]
+seeds = 3
+[defense]
+attack_type = ["backdoor", "targeted"]
+defense = ["none", "filter:slof@1%", "cleanclip", "roclip(pool_size=256)", "safeclip"]
+clean_pairs = 500
+""",
 }
 VISUAL_PARAMS = {
     "toy-vit-micro": 15_984,
@@ -64,8 +73,44 @@ VISUAL_PARAMS = {
 }
 
 
+def fake_defense_result(cell, rng: random.Random) -> CellResult:
+    """Plausible rows of the attack × defense runner (``poisonclip.experiments.defense_runner``)."""
+    from poisonclip.detect import ROC_GRID, list_detectors
+
+    p, name = cell.params, cell.params.defense.split(":")[0].split("(")[0]
+    success = {"none": 0.9, "filter": 0.5, "cleanclip": 0.3, "roclip": 0.4, "safeclip": 0.2}[name]
+    metrics = {
+        "attack_success": min(1.0, max(0.0, success + rng.gauss(0, 0.05))),
+        "zero_shot_acc": 0.8 + rng.uniform(-0.05, 0.05),
+        "defense_cost": 0.0 if name == "none" else rng.uniform(0.5, 3),
+        "defense_seconds": rng.uniform(50, 300),
+        "undefended_train_seconds": rng.uniform(90, 110),
+    }
+    if p.attack_type == "backdoor":
+        metrics["zscore"] = 3 * metrics["attack_success"] + rng.gauss(0, 0.1)
+    if name in ("filter", "safeclip"):
+        metrics.update(poisons_flagged=rng.randint(0, 100), num_poisons=100)
+    curves = {"roc_fpr": ROC_GRID.tolist()}
+    for detector in list_detectors():
+        auc = rng.uniform(0.3, 1.0)
+        curves[f"roc_{detector}"] = [min(1.0, x ** (1 / (2 * auc))) for x in ROC_GRID.tolist()]
+        metrics.update({f"detect_{detector}_{m}": rng.uniform(0, 1) for m in ("pr_auc", "fpr_at_95_recall")})
+        metrics.update({f"detect_{detector}_roc_auc": auc, f"detect_{detector}_roc_auc_shuffled": 0.5})
+    if name == "cleanclip":
+        metrics["chosen_lr"] = 1e-4
+        curves.update(
+            lr_sweep_lr=[1e-5, 1e-4, 1e-3],
+            lr_sweep_validation_loss=[rng.uniform(1, 2) for _ in range(3)],
+            lr_sweep_attack_success=[0.9, 0.5, 0.2],
+            lr_sweep_zero_shot_acc=[0.8, 0.78, 0.6],
+        )
+    return CellResult(metrics, curves)
+
+
 def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
     """Plausible metrics and curves for one cell: z and ASR grow with poisons and patch size."""
+    if cell.attack == "defense":
+        return fake_defense_result(cell, rng)
     p = cell.params
     rate = p.poison_count / (cell.data.num_train + p.poison_count)
     strength = (1 - math.exp(-p.poison_count / 20)) * min(1.0, p.patch_size / 3)

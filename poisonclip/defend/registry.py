@@ -5,14 +5,18 @@ training recipe, the model trained on it, a clean subset) into a model (``Defens
 copies the training loop: each is ``train_clip`` with another objective, another data subset, or
 another starting point. None is told which pairs are poisons.
 
-Defenses are named in sweeps and on the command line by a spec string::
+Defenses are named in sweeps by a spec string: a name, optionally with parameters (fields of its
+parameter dataclass; a tuple's items separated by spaces), and a shorthand for filters::
 
-    none | filter:<detector>@<percent>% | cleanclip | roclip | safeclip
+    none | cleanclip | roclip | safeclip | roclip(pool_size=256) | cleanclip(lrs=1e-5 1e-4, epochs=5)
+    filter:<detector>@<percent>%     e.g. filter:slof@5% = filter(detector=slof, fraction=0.05)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,24 +96,56 @@ def get_defense(name: str) -> Defense:
     return _DEFENSES[name]
 
 
-_FILTER_SPEC = re.compile(r"filter:(?P<detector>[\w-]+)@(?P<percent>[0-9.]+)%")
+_FILTER_SPEC = re.compile(r"filter:(?P<detector>[\w-]+)@(?P<percent>[^%]+)%")
+_SPEC = re.compile(r"(?P<name>[\w-]+)(\((?P<args>[^()]*)\))?")
 
 
 def parse_defense(spec: str) -> tuple[str, object]:
-    """``"filter:slof@5%"`` -> ("filter", FilterParams("slof", 0.05)); other names take defaults."""
-    if spec.startswith("filter"):
-        match = _FILTER_SPEC.fullmatch(spec)
-        if match is None:
-            raise UsageError(
-                f"defense {spec!r}: write a filter as filter:<detector>@<percent>%, e.g. filter:slof@5%"
-            )
-        try:
-            percent = float(match["percent"])
-        except ValueError:
-            raise UsageError(f"defense {spec!r}: {match['percent']!r} is not a number") from None
-        return "filter", get_defense("filter").params(detector=match["detector"], fraction=percent / 100)
-    defense = get_defense(spec)
-    return spec, defense.params()
+    """``"filter:slof@5%"`` -> ("filter", FilterParams("slof", 0.05)); ``"roclip(pool_size=256)"``
+    -> ("roclip", RoClipParams(pool_size=256)); a bare name takes the defaults."""
+    if match := _FILTER_SPEC.fullmatch(spec):
+        name, values = (
+            "filter",
+            {"detector": match["detector"], "fraction": _number(spec, match["percent"]) / 100},
+        )
+    elif match := _SPEC.fullmatch(spec.strip()):
+        name, values = match["name"], {}
+        for item in filter(None, (part.strip() for part in (match["args"] or "").split(","))):
+            key, _, value = item.partition("=")
+            values[key.strip()] = value.strip()
+    else:
+        raise UsageError(
+            f"defense {spec!r}: write name or name(key=value, ...), or a filter as "
+            "filter:<detector>@<percent>% (e.g. filter:slof@5%)"
+        )
+    params_cls = get_defense(name).params
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    if unknown := sorted(set(values) - set(fields)):
+        raise UsageError(f"defense {spec!r}: {name} has no parameter {unknown}; it has {sorted(fields)}")
+    hints = typing.get_type_hints(params_cls)
+    typed = {key: _convert(spec, hints[key], value) for key, value in values.items()}
+    return name, params_cls(**typed)
+
+
+def _number(spec: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"defense {spec!r}: {text!r} is not a number") from None
+
+
+def _convert(spec: str, hint: object, value: object) -> object:
+    """A spec's text value as the parameter's type (int, float, str, or a tuple of floats)."""
+    if not isinstance(value, str) or hint is str:
+        return value
+    if hint is int:
+        number = _number(spec, value)
+        if number != int(number):
+            raise UsageError(f"defense {spec!r}: {value!r} is not a whole number")
+        return int(number)
+    if hint is float:
+        return _number(spec, value)
+    return tuple(_number(spec, item) for item in value.split())  # tuple[float, ...]
 
 
 def apply_defense(spec: str, context: DefenseContext) -> DefenseOutcome:

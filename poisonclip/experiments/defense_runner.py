@@ -1,0 +1,202 @@
+"""The attack × defense matrix as a sweep runner: one poisoned model per (attack, seed), every
+defense of the grid applied to it, every detector scored on it.
+
+An experiment file (see ``experiments/defenses_*.toml``)::
+
+    attack = "defense"            # this runner
+    [defense]                     # DefenseMatrixParams fields
+    attack_type = "backdoor"      # or "targeted"
+    defense = ["none", "filter:slof@5%", "cleanclip", "roclip", "safeclip"]
+
+The ``defense`` axis does not change the poisoned (undefended) model, so all defenses of one
+attack configuration and seed are one trial: the undefended model is trained once (recording the
+per-sample losses of its first epochs for the loss-tracking detector), every detector ranks its
+training set, and each defense then starts from that model, that training set or both
+(``poisonclip.defend``). Each cell's row holds the defended model's clean zero-shot accuracy, the
+attack's success (``attack_success``: the backdoor ASR, or the zero-shot success rate of the
+targeted attack) with the attack's own metrics (z-score for the backdoor), the defense's cost
+relative to undefended training, what it flagged, and the detection metrics and ROC curves of all
+detectors on the undefended model (the same in every row of a trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from poisonclip.attacks.backdoor import make_backdoor
+from poisonclip.attacks.patch import PLACEMENTS, check_patch
+from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.synthetic import SyntheticConfig
+from poisonclip.defend import DefenseContext, apply_defense, parse_defense
+from poisonclip.defend.output import flagged_summary
+from poisonclip.detect import (
+    ROC_GRID,
+    LossTracker,
+    embed_training_set,
+    list_detectors,
+    poison_labels,
+    run_detectors,
+)
+from poisonclip.errors import UsageError
+from poisonclip.evaluate.suite import evaluate_backdoor
+from poisonclip.evaluate.targeted_suite import evaluate_targeted
+from poisonclip.experiments.runners import CellResult, register_runner
+from poisonclip.experiments.targeted_trial import poison_targets
+from poisonclip.experiments.trial import train_model
+from poisonclip.train.model import context_length_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from poisonclip.experiments.grid import Trial
+
+ATTACKS = ("backdoor", "targeted")
+
+
+@dataclass(frozen=True)
+class DefenseMatrixParams:
+    """The keys of ``[defense]`` in an experiment file."""
+
+    attack_type: str = "backdoor"  # "backdoor" (paper §3.3) or "targeted" (§3.1)
+    defense: str = "none"  # none | filter:<detector>@<percent>% | cleanclip | roclip | safeclip
+    # backdoor
+    target_label: str = "star"
+    poison_count: int = 100
+    patch_size: int = 4
+    placement: str = "consistent"
+    # targeted
+    num_targets: int = 4  # K targets per model
+    poisons_per_target: int = 16
+    captions: str = "search"  # caption set of the targeted poisons
+    # the defender
+    clean_pairs: int = 5000  # CleanCLIP's trusted set: this many clean training pairs (by seed)
+    track_loss_epochs: int = 2  # loss tracking over the undefended run's first epochs
+
+    def __post_init__(self) -> None:
+        if self.attack_type not in ATTACKS:
+            raise UsageError(f"attack_type must be one of {ATTACKS}, got {self.attack_type!r}")
+        parse_defense(self.defense)  # an unknown defense or detector, or a bad fraction: UsageError
+        if self.placement not in PLACEMENTS:
+            raise UsageError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if min(self.poison_count, self.num_targets, self.poisons_per_target, self.track_loss_epochs) < 1:
+            raise UsageError("poison_count, num_targets, poisons_per_target, track_loss_epochs must be >= 1")
+        if self.clean_pairs < 2:
+            raise UsageError(f"clean_pairs must be at least 2, got {self.clean_pairs}")
+
+    def training_params(self) -> dict:
+        """Everything but the defense: all defenses of an attack share the poisoned model."""
+        params = dataclasses.asdict(self)
+        del params["defense"]
+        return params
+
+    def check(self, data: SyntheticConfig) -> None:
+        if self.attack_type == "backdoor":
+            check_patch(data.image_size, self.patch_size, self.placement)
+            if self.target_label not in data.classnames:
+                raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
+        if self.clean_pairs > data.num_train:
+            raise UsageError(f"clean_pairs {self.clean_pairs} exceeds num_train {data.num_train}")
+        name, defense = parse_defense(self.defense)
+        if name == "cleanclip":
+            validation = round(defense.validation_fraction * self.clean_pairs)
+            if min(validation, self.clean_pairs - validation) < defense.batch_size:
+                raise UsageError(
+                    f"{self.defense}: clean_pairs {self.clean_pairs} leave fewer than one batch of "
+                    f"{defense.batch_size} for fine-tuning or validation"
+                )
+        if name == "roclip" and defense.pool_size >= data.num_train:
+            raise UsageError(f"{self.defense}: the pool must be much smaller than num_train {data.num_train}")
+
+
+@register_runner("defense", DefenseMatrixParams)
+def run_defense_trial(
+    trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
+) -> list[CellResult]:
+    """Poison ``train``, train the undefended model, score every detector, then apply and evaluate
+    each cell's defense."""
+    params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
+    dataset, manifest, evaluate = _poison(params, train, test, classnames, trial.seed)
+    labels = poison_labels(dataset.keys, manifest)
+    tracker = LossTracker(len(dataset), min(params.track_loss_epochs, recipe.epochs))
+    model, model_config, stats = train_model(dataset, recipe, progress=False, on_batch=tracker)
+    early_loss = tracker.mean()
+    inputs = embed_training_set(model, dataset, model_config, early_loss)
+    detection = run_detectors(inputs, {name: {} for name in list_detectors()}, labels, trial.seed)
+    detection_metrics = {
+        f"detect_{name}_{key}": value
+        for name, metrics in detection.metrics.items()
+        for key, value in metrics.items()
+    }
+    roc_curves = {"roc_fpr": ROC_GRID.tolist(), **{f"roc_{name}": tpr for name, tpr in detection.roc.items()}}
+
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(trial.seed))
+    clean = train.subset(order[: params.clean_pairs])  # the defender's trusted pairs: clean by construction
+    context = DefenseContext(recipe, dataset, model, clean, early_loss)
+    results = []
+    for cell in trial.cells:
+        outcome = apply_defense(cell.params.defense, context)
+        metrics = {
+            **evaluate(outcome.model, model_config),
+            **{k: v for k, v in outcome.record.items() if isinstance(v, int | float)},
+            **flagged_summary(outcome, labels),
+            **detection_metrics,
+            "defense_seconds": outcome.seconds,
+            "undefended_train_seconds": stats.train_seconds,
+            "defense_cost": outcome.seconds / stats.train_seconds,  # relative to undefended training
+            "num_train_pairs": len(dataset),
+            "poison_count_total": len(manifest),
+            "poison_rate": len(manifest) / len(dataset),
+        }
+        curves = dict(roc_curves)
+        if "lr_sweep" in outcome.record:  # CleanCLIP: every learning rate tried, chosen or not
+            sweep = outcome.record["lr_sweep"]
+            models = {**outcome.alternatives, f"lr={outcome.record['chosen_lr']:g}": outcome.model}
+            scored = [evaluate(models[f"lr={row['lr']:g}"], model_config) for row in sweep]
+            curves.update(
+                lr_sweep_lr=[row["lr"] for row in sweep],
+                lr_sweep_validation_loss=[row["validation_loss"] for row in sweep],
+                lr_sweep_attack_success=[m["attack_success"] for m in scored],
+                lr_sweep_zero_shot_acc=[m["zero_shot_acc"] for m in scored],
+            )
+        results.append(CellResult(metrics, curves))
+    return results
+
+
+def _poison(
+    params: DefenseMatrixParams,
+    train: ImageTextDataset,
+    test: ImageTextDataset,
+    classnames: list[str],
+    seed: int,
+) -> tuple[ImageTextDataset, list[dict], Callable[[torch.nn.Module, dict], dict]]:
+    """(poisoned training set, manifest, evaluate(model, model_config) -> flat metrics with
+    ``attack_success`` and ``zero_shot_acc``) for the configured attack."""
+    if params.attack_type == "backdoor":
+        poisons = make_backdoor(
+            train, params.target_label, params.poison_count, params.patch_size, params.placement, seed
+        )
+
+        def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+            metrics = evaluate_backdoor(
+                model, test, classnames, params.target_label, params.patch_size,
+                params.placement, seed, context_length=context_length_of(model_config),
+            ).metrics  # fmt: skip
+            return {**metrics, "attack_success": metrics["asr"]}
+
+        return ImageTextDataset.concat([train, poisons.samples]), poisons.manifest, evaluate
+
+    poisoning = poison_targets(
+        train, test, classnames, params.num_targets, params.poisons_per_target, seed, params.captions
+    )
+
+    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+        evaluation = evaluate_targeted(
+            model, poisoning.targets, test, classnames, context_length=context_length_of(model_config)
+        )
+        return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
+
+    return poisoning.dataset, poisoning.poisons.manifest, evaluate
