@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# One result line per benchmark, its ratio last (~10 minutes on 2 CPU cores). Timings taken under
+# load mislead: each line reports the load average; run when `uptime` shows less than 1.
+bench: $(STAMP)
+	$(BIN)/python bench/bench_trainer.py
+	$(BIN)/python bench/bench_many.py
+	$(BIN)/python bench/bench_zscore.py
+	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_poison_write.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

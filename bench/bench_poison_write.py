@@ -1,11 +1,12 @@
-"""Poisoning at scale costs O(poisons): the same poisons written beside a 1x and a 10x shard set.
+"""Poisoning at scale costs O(poisons): the same poisons written beside a 1x, 3x and 10x shard set.
 
-Builds img2dataset-layout shards from the synthetic data (1x = --samples, 10x = ten times as many,
-same shard size), makes one backdoor poison set, and times writing it as poison-only shards next
-to each set (median of --repeats): the original shards are never rewritten, so the ratio should be
-≈ 1. Also reports the caption-scan throughput over the 10x set (parquet, and .txt members without
-decoding images) and the whole `poison backdoor` step (scan + decode the chosen images + write)
-on both sets, which grows only with the caption scan.
+Builds img2dataset-layout shards from the synthetic data (1x = --samples, 3x and 10x as many, same
+shard size), makes one backdoor poison set, and times writing it as poison-only shards next to
+each set (median of --repeats): the original shards are never rewritten, so the ratio should be
+≈ 1. Baseline: none to beat — a rewrite of the dataset would grow 10x. Also reports the
+caption-scan throughput over the 10x set (parquet, and .txt members without decoding images) and
+the whole `poison backdoor` step (scan + decode the chosen images + write) on each set, which
+grows only with the caption scan.
 
     .venv/bin/python bench/bench_poison_write.py            # < 1 minute on 2 CPU cores
 """
@@ -13,12 +14,12 @@ on both sets, which grows only with the caption scan.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from timing import machine, median_seconds
 
 from poisonclip.attacks.backdoor import make_backdoor_from_shards
 from poisonclip.attacks.poison_set import write_poison_shards
@@ -29,15 +30,6 @@ from poisonclip.data.wds import scan_captions, write_shards
 def tiled(dataset: ImageTextDataset, times: int) -> ImageTextDataset:
     """``times`` copies of ``dataset`` (the writer gives every sample its own key)."""
     return ImageTextDataset.concat([dataset] * times)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sets = {
-            f"{k}x": write_shards(root / f"{k}x", tiled(base, k), args.samples_per_shard) for k in (1, 10)
+            f"{k}x": write_shards(root / f"{k}x", tiled(base, k), args.samples_per_shard) for k in (1, 3, 10)
         }
         poisons, _ = make_backdoor_from_shards(sets["1x"].url, "star", args.poisons, progress=False)
 
@@ -79,15 +71,17 @@ def main() -> None:
             write_poison_shards(root / f"{name}-e2e", found, args.samples_per_shard)
             end_to_end[name] = time.perf_counter() - start
 
-    big = sets["10x"]
+    sizes = ", ".join(
+        f"{name} ({shards.num_samples:,} samples, {shards.num_shards} shards)"
+        for name, shards in sets.items()
+    )
     print(
-        f"poison-write {args.poisons} poisons: 1x ({sets['1x'].num_samples:,} samples, "
-        f"{sets['1x'].num_shards} shards) {write['1x'] * 1e3:.1f} ms, 10x ({big.num_samples:,} samples, "
-        f"{big.num_shards} shards) {write['10x'] * 1e3:.1f} ms; caption scan "
+        f"poison-write [{machine()}]: {args.poisons} poisons beside {sizes}: "
+        f"{', '.join(f'{write[name] * 1e3:.1f}' for name in sets)} ms; caption scan "
         f"{scans['parquet'].captions_per_second:,.0f} captions/s (parquet), "
-        f"{scans['txt'].captions_per_second:,.0f} captions/s (.txt members); "
-        f"whole poison step (scan + chosen images + write) 1x {end_to_end['1x']:.2f} s, "
-        f"10x {end_to_end['10x']:.2f} s; write ratio 10x/1x {write['10x'] / write['1x']:.2f}"
+        f"{scans['txt'].captions_per_second:,.0f} captions/s (.txt members); whole poison step (scan + "
+        f"chosen images + write) {', '.join(f'{end_to_end[name]:.2f}' for name in sets)} s; "
+        f"write ratio 10x/1x {write['10x'] / write['1x']:.2f}"
     )
 
 

@@ -25,27 +25,31 @@ def attack_success_rate(predictions: torch.Tensor, labels: torch.Tensor, target:
 def pair_similarity_moments(features: torch.Tensor, chunk_size: int = 8192) -> tuple[float, float]:
     """Mean and standard deviation of the cosine similarity over all pairs i ≠ j.
 
-    ``features`` [N, D] (normalised here). Exact, in O(N·D²) time and O(D²) memory, with
-    S = X Xᵀ: Σ_{i≠j} S_ij = ‖Σ_i x_i‖² − Σ_i ‖x_i‖²  and  Σ_{i≠j} S_ij² = ‖XᵀX‖_F² − Σ_i ‖x_i‖⁴,
-    accumulated in float64 over chunks of rows.
+    ``features`` [N, D] (normalised here, in float64). Exact, in O(N·D²) time and O(chunk·D + D²)
+    memory, with S = X Xᵀ on unit rows: Σ_{i≠j} S_ij = ‖Σ_i x_i‖² − N  and
+    Σ_{i≠j} S_ij² = ‖XᵀX‖_F² − N, accumulated in float64 over chunks of rows.
+
+    Its cost is one float64 ``XᵀX`` (the floor, bench/bench_zscore.py): each chunk is converted
+    and normalised in place in one reused buffer (fresh float64 chunks cost page faults and extra
+    passes), and a column of ones appended to it makes the same matmul yield Σ_i x_i (row D).
     """
     n, d = features.shape
     if n < 2:
         raise ValueError("need at least two samples")
-    total = torch.zeros(d, dtype=torch.float64)
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    diag, diag_sq = 0.0, 0.0
-    for start in range(0, n, chunk_size):
-        x = features[start : start + chunk_size].to(torch.float64)
-        x = x / x.norm(dim=1, keepdim=True)
-        total += x.sum(dim=0)
-        gram += x.T @ x
-        norms = (x * x).sum(dim=1)
-        diag, diag_sq = diag + norms.sum().item(), diag_sq + (norms * norms).sum().item()
+    rows = min(chunk_size, n)
+    buffer = torch.empty(rows, d + 1, dtype=torch.float64, device=features.device)  # [chunk, D + 1]
+    buffer[:, d] = 1.0
+    gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=features.device)  # [[XᵀX, Σx], [Σxᵀ, N]]
+    for start in range(0, n, rows):
+        chunk = buffer[: min(rows, n - start)]
+        x = chunk[:, :d]
+        x.copy_(features[start : start + rows])
+        x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+        gram.addmm_(chunk.T, chunk)
     pairs = n * (n - 1)
-    mean = (total @ total).item() - diag
-    mean /= pairs
-    mean_sq = ((gram * gram).sum().item() - diag_sq) / pairs
+    total = gram[d, :d]
+    mean = ((total @ total).item() - n) / pairs
+    mean_sq = (gram[:d, :d].square().sum().item() - n) / pairs
     return mean, max(mean_sq - mean * mean, 0.0) ** 0.5
 
 

@@ -3,6 +3,7 @@
 from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
 from poisonclip.train.config import TrainConfig, list_presets, load_preset
 from poisonclip.train.loop import TrainStats, normalize_images, resolve_device, train_clip
+from poisonclip.train.many import train_many
 from poisonclip.train.model import (
     create_model,
     get_model_config,
@@ -26,4 +27,5 @@ __all__ = [
     "save_checkpoint",
     "tokenize",
     "train_clip",
+    "train_many",
 ]

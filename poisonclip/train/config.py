@@ -28,7 +28,9 @@ class TrainConfig:
     warmup_fraction: float = 0.1  # linear warm-up over this fraction of steps, then cosine to 0
     seed: int = 0  # model initialisation and data order
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
+    compile: bool = False  # torch.compile the loss computation (first steps pay for compiling)
+    data_on_device: bool = True  # False: data stays in CPU memory, batches copied (pinned on CUDA)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:

@@ -7,8 +7,10 @@ conversion and a forward/backward pass. This is what makes many small sweep tria
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,16 +111,122 @@ class ClipObjective:
         return clip_loss_per_sample(image_features, text_features, model.logit_scale.exp())
 
 
+class ShardedClipObjective(ClipObjective):
+    """The CLIP loss with each batch split over single-thread worker threads: the default on a
+    CPU where torch has several threads (``default_objective``).
+
+    The toy models' matmuls are too small to share over threads inside one op (two threads gave
+    a step 1.5x, two processes 1.9x; DESIGN.md); whole shards of the batch do share well. Each
+    worker encodes its slice and later backpropagates through it (torch releases the GIL inside
+    ops); the loss needs every pair of the batch and runs on the gathered features. Gradients are
+    summed over shards in shard order, so runs repeat exactly; they equal the unsharded gradient
+    up to float rounding.
+    """
+
+    def __init__(self, shards: int):
+        self.shards = shards
+        previous = torch.get_num_threads()
+        self.pool = ThreadPoolExecutor(shards, initializer=torch.set_num_threads, initargs=(1,))
+        # Start every worker now: torch.set_num_threads also sets the count that threads created
+        # later start with, which is put back once all workers have set their own.
+        started = threading.Barrier(shards)
+        list(self.pool.map(lambda _: started.wait(), range(shards)))
+        torch.set_num_threads(previous)
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        ids: torch.Tensor,
+        epoch: int,
+    ) -> torch.Tensor:
+        pieces = list(zip(images.tensor_split(self.shards), tokens.tensor_split(self.shards), strict=True))
+        image_features, text_features = _ShardedEncode.apply(model.logit_scale, model, pieces, self.pool)
+        return clip_loss_per_sample(image_features, text_features, model.logit_scale.exp())
+
+
+class _ShardedEncode(torch.autograd.Function):
+    """Unit-norm features [B, D] (image, text) of a batch encoded shard by shard in ``pool``; the
+    backward pass backpropagates each shard in the pool too and sets the parameters' ``.grad``.
+
+    ``anchor`` (any parameter) only puts this function into the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, model, pieces, pool):
+        amp = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")  # thread-local state
+
+        def encode(piece: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            images, tokens = piece
+            with torch.enable_grad(), torch.autocast("cpu", enabled=amp[0], dtype=amp[1]):
+                return (
+                    model.encode_image(normalize_images(images), normalize=True),
+                    model.encode_text(tokens, normalize=True),
+                )
+
+        ctx.outputs = list(pool.map(encode, pieces))
+        ctx.model, ctx.pool = model, pool
+        return tuple(torch.cat([out[i] for out in ctx.outputs]).detach() for i in range(2))
+
+    @staticmethod
+    def backward(ctx, grad_image, grad_text):
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        sizes = [out[0].shape[0] for out in ctx.outputs]
+
+        def backprop(outputs, grad_image, grad_text):
+            return torch.autograd.grad(outputs, params, (grad_image, grad_text), allow_unused=True)
+
+        shard_grads = ctx.pool.map(backprop, ctx.outputs, grad_image.split(sizes), grad_text.split(sizes))
+        for param, grads in zip(params, zip(*shard_grads, strict=True), strict=True):
+            present = [g for g in grads if g is not None]
+            if present:
+                total = sum(present[1:], present[0])
+                param.grad = total if param.grad is None else param.grad + total
+        return None, None, None, None
+
+
+def default_objective(device: torch.device, config: TrainConfig) -> Objective:
+    """The CLIP loss; on a CPU with several torch threads (and no ``compile``), sharded over them."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1 and not config.compile and config.batch_size >= 2 * threads:
+        return ShardedClipObjective(threads)
+    return ClipObjective()
+
+
 # on_batch(epoch, sample ids [B], detached per-sample losses [B]): per-sample logging (loss tracking)
 BatchCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def batch_to(device: torch.device, ids: torch.Tensor, *data: torch.Tensor) -> list[torch.Tensor]:
+    """Rows ``ids`` [B] (on the CPU) of each tensor in ``data`` [N, ...], on ``device``.
+
+    Data kept in CPU memory for a GPU (``data_on_device=False``) is gathered into pinned memory,
+    so the copy is asynchronous and overlaps the kernels still running from the previous step
+    (torch's pinned allocator keeps a buffer until its copy has finished).
+    """
+    if all(x.device == device for x in data):
+        return [x[ids.to(device)] for x in data]
+    out = []
+    for x in data:
+        rows = torch.empty((len(ids), *x.shape[1:]), dtype=x.dtype, pin_memory=device.type == "cuda")
+        out.append(torch.index_select(x, 0, ids, out=rows).to(device, non_blocking=True))
+    return out
+
+
+def make_optimizer(
+    named_parameters: Iterable[tuple[str, torch.Tensor]], config: TrainConfig, model_axes: int = 0
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``model.named_parameters()``; ``model_axes`` leading axes of
+    each parameter index models (1 for ``GroupedCLIP``'s stacked weights), not weights."""
+
     # As open_clip: no weight decay on gains, biases and the temperature.
     def no_decay(name: str, p: torch.Tensor) -> bool:
-        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        return (
+            p.ndim - model_axes < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        )
 
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in named_parameters if p.requires_grad]
     groups = [
         {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
         {
@@ -157,8 +265,9 @@ def train_clip(
     ``on_batch`` sees each batch's sample ids (rows of ``images``) and its per-sample losses.
     Deterministic on the CPU for a given ``config.seed`` (data order) and model initialisation.
     """
-    objective = objective or ClipObjective()
     device = resolve_device(config.device)
+    objective = objective or default_objective(device, config)
+    compute_losses = torch.compile(objective.__call__) if config.compile else objective
     amp_dtype = autocast_dtype(config.precision, device)
     n = images.shape[0]
     steps_per_epoch = n // config.batch_size
@@ -167,9 +276,10 @@ def train_clip(
     total_steps = steps_per_epoch * config.epochs
 
     model.to(device).train()
-    images, tokens = images.to(device), tokens.to(device)  # small enough to live on the device
-    optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+    if config.data_on_device:  # small enough to live on the device
+        images, tokens = images.to(device), tokens.to(device)
+    optimizer = make_optimizer(model.named_parameters(), config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     order = torch.Generator().manual_seed(config.seed)
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress)
     start, loss_value = time.perf_counter(), float("nan")
@@ -177,14 +287,15 @@ def train_clip(
     for step in range(total_steps):
         epoch, position = divmod(step, steps_per_epoch)
         if position == 0:
-            perm = torch.randperm(n, generator=order).to(device)
+            perm = torch.randperm(n, generator=order)
             objective.start_epoch(model, epoch, images, tokens)
-        batch = perm[position * config.batch_size :][: config.batch_size]  # sample ids [B]
+        ids = perm[position * config.batch_size :][: config.batch_size]  # sample ids [B], on the CPU
+        batch = ids.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, config)
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            losses = objective(model, images[batch], tokens[batch], batch, epoch)  # [B]
+            losses = compute_losses(model, *batch_to(device, ids, images, tokens), batch, epoch)  # [B]
             loss = losses.mean()
 
         optimizer.zero_grad(set_to_none=True)
