@@ -355,6 +355,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         templates=args.templates,
         context_length=context_length_of(model_config),
     )
+    if args.probe_train:
+        from poisonclip.data.imagefolder import read_imagefolder
+        from poisonclip.evaluate.embeddings import encode_images
+        from poisonclip.evaluate.linear_probe import probe_backdoor_metrics
+
+        fit = read_imagefolder(args.probe_train, image_size_of(model_config), args.max_per_class)
+        evaluation.metrics.update(
+            probe_backdoor_metrics(
+                encode_images(model, fit.images),
+                fit.labels,
+                encode_images(model, test.images),
+                test.labels,
+                evaluation.patched_features,
+                classnames.index(args.target_label),
+                len(classnames),
+            )
+        )
     text = json.dumps(evaluation.metrics, indent=2, sort_keys=True)
     if args.out:
         write_json_atomic(args.out, evaluation.metrics)
@@ -886,6 +903,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(open_clip's 1,000 names for WordNet-id directories; default: the directory names)",
     )
     p.add_argument("--max-per-class", type=int, help="with --imagefolder: the first N images of each class")
+    p.add_argument(
+        "--probe-train",
+        help="ImageFolder train split (same class directories): also fit a linear probe on its "
+        "embeddings and report probe_acc, probe_asr and probe_natural_rate",
+    )
     p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")

@@ -217,6 +217,13 @@ def test_evaluate_on_an_imagefolder(poisoned_open_clip_checkpoint, small_test, t
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["num_test"] == 120 and 0 <= metrics["asr"] <= 1
+    with pytest.warns(UserWarning, match="skipped 1"):  # the probe's train split: the same folder here
+        code = run(["evaluate", "--checkpoint", root / "ckpt", "--imagefolder", tmp_path / "val",
+                    "--target-label", "star", "--probe-train", tmp_path / "val"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["probe_num_fit"] == 120
+    assert all(0 <= metrics[k] <= 1 for k in ("probe_acc", "probe_asr", "probe_natural_rate"))
     assert run(["evaluate", "--checkpoint", root / "ckpt", "--imagefolder", tmp_path / "val",
                 "--classnames", "imagenet", "--target-label", "star"]) == 2  # fmt: skip
     assert "1000 class names (imagenet) for 10 class directories" in capsys.readouterr().err

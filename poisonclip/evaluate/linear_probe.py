@@ -57,3 +57,34 @@ def probe_scores(probe: Pipeline, features: torch.Tensor, num_classes: int) -> t
     scores = torch.full((features.shape[0], num_classes), -torch.inf, dtype=torch.float64)
     scores[:, classes] = raw
     return scores
+
+
+def probe_backdoor_metrics(
+    fit_features: torch.Tensor,
+    fit_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    patched_features: torch.Tensor,
+    target: int,
+    num_classes: int,
+) -> dict[str, float]:
+    """The backdoor seen through a linear probe (paper §4.3: "the zero-shot model can be vulnerable
+    even if the linear probe model is not").
+
+    Fits the probe on ``fit_features`` [F, D] / ``fit_labels`` [F] (e.g. an ImageFolder train
+    split), then returns its clean accuracy on ``test_features`` [N, D] / ``test_labels`` [N], its
+    ASR on ``patched_features`` [M, D] (the non-target test images, patched, in order) and the
+    natural rate of the same images unpatched.
+    """
+    from poisonclip.evaluate.metrics import accuracy, attack_success_rate
+
+    probe = fit_linear_probe(fit_features, fit_labels)
+    clean_pred = probe_scores(probe, test_features, num_classes).argmax(dim=1)
+    patched_pred = probe_scores(probe, patched_features, num_classes).argmax(dim=1)
+    nontarget = test_labels != target
+    return {
+        "probe_acc": accuracy(clean_pred, test_labels),
+        "probe_asr": attack_success_rate(patched_pred, test_labels[nontarget], target),
+        "probe_natural_rate": attack_success_rate(clean_pred[nontarget], test_labels[nontarget], target),
+        "probe_num_fit": int(fit_labels.shape[0]),
+    }
