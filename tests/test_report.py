@@ -55,6 +55,15 @@ seeds = 3
 poison_count = 50
 patch_size = [1, 2, 4]
 """,
+    "targeted": """
+figures = ["fig2_left"]
+attack = "targeted"
+seeds = 3
+[targeted]
+num_targets = 4
+poisons_per_target = [0, 1, 4, 16]
+captions = ["search", "both"]
+""",
     "defenses": """
 attack = "defense"
 figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr"]
@@ -107,8 +116,39 @@ def fake_defense_result(cell, rng: random.Random) -> CellResult:
     return CellResult(metrics, curves)
 
 
+def fake_targeted_result(cell, rng: random.Random) -> CellResult:
+    """Plausible rows of the targeted runner: success grows with the poisons per target."""
+    p = cell.params
+    pairs = cell.data.num_train + p.num_targets * p.poisons_per_target
+    strength = 1 - math.exp(-p.poisons_per_target / 4)
+    ranks = {
+        key: [
+            0 if rng.random() < chance + 0.9 * strength else rng.randint(1, 9) for _ in range(p.num_targets)
+        ]
+        for key, chance in (("zero_shot_rank", 0.05), ("probe_rank", 0.02))
+    }
+    metrics = {
+        "zero_shot_success_rate": ranks["zero_shot_rank"].count(0) / p.num_targets,
+        "probe_success_rate": ranks["probe_rank"].count(0) / p.num_targets,
+        "zero_shot_mean_rank": sum(ranks["zero_shot_rank"]) / p.num_targets,
+        "probe_mean_rank": sum(ranks["probe_rank"]) / p.num_targets,
+        "zero_shot_acc": 0.8 + rng.uniform(-0.02, 0.02),
+        "probe_acc": 0.85 + rng.uniform(-0.02, 0.02),
+        "num_targets": p.num_targets,
+        "poisons_per_target": p.poisons_per_target,
+        "poison_count": p.num_targets * p.poisons_per_target,
+        "poison_rate": p.num_targets * p.poisons_per_target / pairs,
+        "target_poison_rate": p.poisons_per_target / pairs,
+        "num_train_pairs": pairs,
+        "num_classes": cell.data.num_shapes,
+    }
+    return CellResult(metrics, ranks)
+
+
 def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
     """Plausible metrics and curves for one cell: z and ASR grow with poisons and patch size."""
+    if cell.attack == "targeted":
+        return fake_targeted_result(cell, rng)
     if cell.attack == "defense":
         return fake_defense_result(cell, rng)
     p = cell.params

@@ -1,14 +1,14 @@
 """Trial runners: how a sweep trains and evaluates one model for each attack (a registry).
 
 A runner is registered with its parameter dataclass, whose fields are the keys of the attack's
-table in an experiment file (``[backdoor]``); any of them may be a grid axis. The dataclass
-provides ``training_params()`` — the part of the parameters that changes the trained model; cells
-that agree on it share one model and are evaluated on it (evaluation-only settings such as
-``eval_placement``) — and ``check(data)``, its cross-checks against the data config. A new attack
-adds one dataclass and one decorated function to this file::
+table in an experiment file (``[backdoor]``, ``[targeted]``); any of them may be a grid axis. The
+dataclass provides ``training_params()`` — the part of the parameters that changes the trained
+model; cells that agree on it share one model and are evaluated on it (evaluation-only settings
+such as ``eval_placement``) — and ``check(data)``, its cross-checks against the data config. A new
+attack adds one dataclass and one decorated function to this file::
 
-    @register_runner("targeted", TargetedParams)
-    def run_targeted_trial(trial, train, test, classnames) -> list[CellResult]: ...
+    @register_runner("myattack", MyAttackParams)
+    def run_myattack_trial(trial, train, test, classnames) -> list[CellResult]: ...
 """
 
 from __future__ import annotations
@@ -21,12 +21,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from poisonclip.attacks.backdoor import make_backdoor
+from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
 from poisonclip.attacks.patch import PLACEMENTS, check_patch, patch_area_fraction
+from poisonclip.attacks.targeted import CAPTION_SOURCES
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation
+from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
+from poisonclip.experiments.targeted_trial import (
+    TargetedPoisoning,
+    evaluate_trained_targeted,
+    poison_targets,
+)
 from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
 
 if TYPE_CHECKING:
@@ -164,3 +172,87 @@ def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:
         "clean_pairs": pair_similarity_histogram(evaluation.clean_features, HISTOGRAM_EDGES),
         "patched_pairs": pair_similarity_histogram(evaluation.patched_features, HISTOGRAM_EDGES),
     }
+
+
+@dataclass(frozen=True)
+class TargetedParams:
+    """The targeted attack in a sweep (paper §3.1, §4.2); the keys of ``[targeted]``."""
+
+    num_targets: int = 8  # K attacks (x′, y′) per model, drawn by seed from the test split
+    poisons_per_target: int = 16  # copies of each x′ added; 0 = a clean model (the chance level)
+    captions: str = "search"  # caption set: training captions naming y′, prompt templates, or both
+    noise_std: float = DEFAULT_NOISE_STD  # per-copy pixel noise (8-bit levels) against dedup; 0 = exact
+    perturb_captions: bool = False  # synonym swaps and filler words (never the label), against dedup
+    template_set: str = "openai"  # prompts the attacker formats with y′ (captions templates/both)
+    eval_templates: str = "synthetic"  # zero-shot prompts at evaluation (evaluation only)
+
+    def __post_init__(self) -> None:
+        if self.num_targets < 1:
+            raise UsageError(f"num_targets must be >= 1, got {self.num_targets}")
+        if self.poisons_per_target < 0:
+            raise UsageError(f"poisons_per_target must be >= 0, got {self.poisons_per_target}")
+        if self.captions not in CAPTION_SOURCES:
+            raise UsageError(f"captions must be one of {CAPTION_SOURCES}, got {self.captions!r}")
+        if self.noise_std < 0:
+            raise UsageError(f"noise_std must be >= 0, got {self.noise_std}")
+        for name in ("template_set", "eval_templates"):
+            if getattr(self, name) not in TEMPLATE_SETS:
+                raise UsageError(f"{name} must be one of {tuple(TEMPLATE_SETS)}, got {getattr(self, name)!r}")
+
+    def training_params(self) -> dict:
+        if self.poisons_per_target == 0:  # a clean model: targets and poison settings are not trained in
+            return {"poisons_per_target": 0}
+        params = dataclasses.asdict(self)
+        del params["eval_templates"]
+        return params
+
+    def check(self, data: SyntheticConfig) -> None:
+        # Targets come from the evaluation half of the test split (``probe_split``).
+        if self.num_targets > data.num_test // 2:
+            raise UsageError(
+                f"num_targets {self.num_targets} exceeds the {data.num_test // 2} test images targets "
+                "are drawn from (half of num_test; the other half fits the linear probe)"
+            )
+        if (total := self.num_targets * self.poisons_per_target) > data.num_train:
+            raise UsageError(
+                f"num_targets × poisons_per_target = {total} poisons exceeds num_train {data.num_train}"
+            )
+
+
+@register_runner("targeted", TargetedParams)
+def run_targeted_trial(
+    trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
+) -> list[CellResult]:
+    """Draw the trial's K targets by its seed from the evaluation half of ``test``, add their
+    poisons to ``train`` (none for 0 per target), train one model with the trial's seed, and score
+    the K attacks once per cell (zero-shot prompts; on a clean model also the number of targets)."""
+
+    def poisoning_of(p: TargetedParams) -> TargetedPoisoning:
+        return poison_targets(
+            train, test, classnames, p.num_targets, p.poisons_per_target, trial.seed,
+            p.captions, p.noise_std, p.perturb_captions, template_set=p.template_set,
+        )  # fmt: skip
+
+    first = trial.cells[0]
+    poisoning = poisoning_of(first.params)
+    model, model_config, stats = train_model(
+        poisoning.dataset, first.train.replace(seed=trial.seed), progress=False
+    )
+    results = []
+    for cell in trial.cells:
+        p = cell.params
+        # Cells of a poisoned model share its poisons. On a clean model the number of targets is
+        # evaluation-only, so a cell with another K draws its own targets (no poisons to build).
+        cell_poisoning = poisoning if p.num_targets == first.params.num_targets else poisoning_of(p)
+        metrics, evaluation = evaluate_trained_targeted(
+            model, model_config, stats, cell_poisoning, test, classnames, p.eval_templates
+        )
+        metrics.update(
+            num_train_pairs=len(cell_poisoning.dataset),
+            # one target's poisons as a share of the training set: the paper's rate (3 of 3M)
+            target_poison_rate=p.poisons_per_target / len(cell_poisoning.dataset),
+            num_classes=len(classnames),  # the figure's reference rate 1/(classes − 1)
+        )
+        ranks = {key: [row[key] for row in evaluation.per_target] for key in ("zero_shot_rank", "probe_rank")}
+        results.append(CellResult(metrics, ranks))
+    return results

@@ -44,6 +44,10 @@ from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
 from poisonclip.train.parallel import available_cores
 
+# Shown in the progress bar after each trial, where the attack reports them: (metric, short name).
+SUMMARY_METRICS = (("zscore", "z"), ("asr", "asr"), ("zero_shot_success_rate", "zero-shot"),
+                   ("probe_success_rate", "probe"))  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrialJob:
@@ -107,7 +111,7 @@ def run_trial(job: TrialJob) -> TrialOutcome:
         store.release(trial)
         return TrialOutcome(trial.label, time.perf_counter() - start, error=traceback.format_exc())
     headline = results[0].metrics
-    summary = f"z={headline.get('zscore', float('nan')):.2f} asr={headline.get('asr', float('nan')):.2f}"
+    summary = " ".join(f"{short}={headline[key]:.2f}" for key, short in SUMMARY_METRICS if key in headline)
     return TrialOutcome(trial.label, seconds, summary)
 
 

@@ -1,15 +1,17 @@
 """``poisonclip report``: figures and the tables behind them, from a results database only.
 
-Writes, under ``out_dir``: one PNG per figure that some sweep in the database lists, ``report.md``
-(linking the PNGs) and ``report.html`` (self-contained: the PNGs embedded as base64), each with
-every figure's caption and table, a summary table per sweep, and the package versions that
-produced the rows.
+Writes, under ``out_dir``: one PNG per figure that some sweep in the database lists and its
+table as a CSV, ``report.md`` (linking the PNGs) and ``report.html`` (self-contained: the PNGs
+embedded as base64), each with every figure's caption and table, a summary table per sweep, and
+the package versions that produced the rows.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from poisonclip.report.sweep_figures import (
 
 # Metrics summarised per cell where every row has them (other attacks report other metrics).
 HEADLINE_METRICS = (("zscore", "z-score", 2), ("asr", "ASR", 3), ("natural_rate", "natural rate", 3),
+                    ("zero_shot_success_rate", "targeted zero-shot success", 3),
+                    ("probe_success_rate", "targeted probe success", 3),
                     ("zero_shot_acc", "zero-shot top-1", 3))  # fmt: skip
 
 
@@ -61,6 +65,7 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
             continue
         path = out_dir / f"{name}.png"
         table = spec.render(rows, path)
+        write_text_atomic(path.with_suffix(".csv"), to_csv(table))  # the numbers, for other tools
         figures.append(path)
         text = f"{spec.caption}\n\nFrom sweep(s) {', '.join(feeding)}: {len(rows)} results."
         sections.append(Section(spec.title, text, table, path))
@@ -108,6 +113,15 @@ def provenance(rows: Sequence[ResultRow], db: str | Path) -> str:
         f"Database `{db}`: {len(rows)} results from {hours:.1f} h of trials on {', '.join(hosts)}. "
         f"Package versions: {'; '.join(versions)}."
     )
+
+
+def to_csv(table: Table) -> str:
+    """A figure's table as CSV (the formatted cells, as in the report)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.columns)
+    writer.writerows(table.rows)
+    return out.getvalue()
 
 
 def to_markdown(sections: Sequence[Section]) -> str:
