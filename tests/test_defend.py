@@ -49,6 +49,15 @@ def identity(x):
     return x
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread; on a busy CPU two made a step 200× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def poisoned(small_train):
     poisons = make_backdoor(small_train, "star", 20, patch_size=4, seed=0)
