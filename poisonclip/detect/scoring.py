@@ -78,19 +78,23 @@ def roc_on_grid(scores: torch.Tensor, labels: torch.Tensor, grid: np.ndarray) ->
     return np.interp(grid, fpr, tpr).tolist()
 
 
-def detection_metrics(scores: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[str, float | int]:
+def detection_metrics(
+    scores: torch.Tensor, labels: torch.Tensor, seed: int = 0, permutations: int = 20
+) -> dict[str, float | int]:
     """Flat metrics of one detector's ``scores`` [N] against ``labels`` bool [N].
 
-    ``roc_auc_shuffled`` scores the same ranking against a seeded permutation of the labels: the
-    null level (≈ 0.5) that a detector which never reads the manifest must reach.
+    ``roc_auc_shuffled`` scores the same ranking against seeded permutations of the labels (mean
+    over ``permutations``): the null level (≈ 0.5) that a detector which never reads the manifest
+    must reach. One permutation of 100 poisons among 20k pairs spreads by ±0.03; the mean, ±0.007.
     """
     labels = torch.as_tensor(labels, dtype=torch.bool)
-    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [labels[torch.randperm(len(labels), generator=generator)] for _ in range(permutations)]
     return {
         "roc_auc": roc_auc(scores, labels),
         "pr_auc": pr_auc(scores, labels),
         "fpr_at_95_recall": fpr_at_recall(scores, labels, 0.95),
-        "roc_auc_shuffled": roc_auc(scores, shuffled),
+        "roc_auc_shuffled": float(np.mean([roc_auc(scores, s) for s in shuffled])),
         "num_poisons": int(labels.sum()),
         "num_samples": len(labels),
     }
