@@ -37,6 +37,7 @@ from poisonclip.train.objectives import (
     CleanClipObjective,
     ImageAugmenter,
     TextAugmenter,
+    Views,
     encode_views,
     inmodal_loss_per_sample,
 )
@@ -113,10 +114,10 @@ class SafeClipObjective:
         views = encode_views(model, images, tokens, self.augment_image, self.augment_text)
         scale = model.logit_scale.exp()
         safe = self.safe[ids]  # [B]
-        losses = torch.zeros(len(ids), device=images.device, dtype=views.image.dtype)
-        losses[safe] = clip_loss_per_sample(views.image[safe], views.text[safe], scale).to(losses.dtype)
-        risky = type(views)(*(getattr(views, f)[~safe] for f in ("image", "text", "aug_image", "aug_text")))
-        losses[~safe] = inmodal_loss_per_sample(risky, scale).to(losses.dtype)
+        losses = torch.zeros(len(ids), device=images.device)  # float32, also under bf16 autocast
+        losses[safe] = clip_loss_per_sample(views.image[safe], views.text[safe], scale).float()
+        risky = Views(*(getattr(views, f)[~safe] for f in ("image", "text", "aug_image", "aug_text")))
+        losses[~safe] = inmodal_loss_per_sample(risky, scale).float()
         return losses
 
 
