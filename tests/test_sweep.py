@@ -126,7 +126,7 @@ def test_seed_count_and_scalar_values():
         (("seeds = [0, 1]", "seeds = [0, 0]"), "seeds lists a seed twice"),
         (("seeds = [0, 1]", "seeds = 0"), "at least one seed"),
         (('figures = ["fig4"]', 'figures = ["fig99"]'), "unknown figures"),
-        (('figures = ["fig4"]', 'attack = "nope"'), "no sweep runner for attack 'nope'"),
+        (('figures = ["fig4"]', 'attack = "nope"'), "unknown sweep attack 'nope'"),
         (("[data]", "[data\n"), "not valid TOML"),
     ],
 )

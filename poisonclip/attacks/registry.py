@@ -1,29 +1,21 @@
-"""A small registry of attacks (timm-style): a new attack is one decorated function in one file."""
+"""The attack registry: a new attack is one decorated function in one file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from poisonclip.errors import UsageError
+from poisonclip.registry import Registry
 
-_ATTACKS: dict[str, Callable] = {}
+_ATTACKS: Registry[Callable] = Registry("attack")
 
 
 def register_attack(name: str) -> Callable[[Callable], Callable]:
     def decorator(fn: Callable) -> Callable:
-        if name in _ATTACKS:
-            raise ValueError(f"attack {name!r} registered twice")
-        _ATTACKS[name] = fn
+        _ATTACKS.add(name, fn)
         return fn
 
     return decorator
 
 
-def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
-
-
-def get_attack(name: str) -> Callable:
-    if name not in _ATTACKS:
-        raise UsageError(f"unknown attack {name!r}; available: {', '.join(list_attacks())}")
-    return _ATTACKS[name]
+list_attacks = _ATTACKS.names
+get_attack = _ATTACKS.get

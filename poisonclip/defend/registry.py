@@ -24,6 +24,7 @@ import torch
 
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
+from poisonclip.registry import Registry
 from poisonclip.train.config import TrainConfig
 
 
@@ -68,7 +69,7 @@ class Defense:
         return self.fn(context, params)
 
 
-_DEFENSES: dict[str, Defense] = {}
+_DEFENSES: Registry[Defense] = Registry("defense")
 
 
 def register_defense(name: str, params: type, needs: tuple[str, ...]) -> Callable[[Callable], Callable]:
@@ -78,22 +79,14 @@ def register_defense(name: str, params: type, needs: tuple[str, ...]) -> Callabl
         raise ValueError(f"defense {name!r}: unknown needs {sorted(unknown)}")
 
     def decorator(fn: Callable) -> Callable:
-        if name in _DEFENSES:
-            raise ValueError(f"defense {name!r} registered twice")
-        _DEFENSES[name] = Defense(name, params, needs, fn)
+        _DEFENSES.add(name, Defense(name, params, needs, fn))
         return fn
 
     return decorator
 
 
-def list_defenses() -> list[str]:
-    return sorted(_DEFENSES)
-
-
-def get_defense(name: str) -> Defense:
-    if name not in _DEFENSES:
-        raise UsageError(f"unknown defense {name!r}; available: {', '.join(list_defenses())}")
-    return _DEFENSES[name]
+list_defenses = _DEFENSES.names
+get_defense = _DEFENSES.get
 
 
 _FILTER_SPEC = re.compile(r"filter:(?P<detector>[\w-]+)@(?P<percent>[^%]+)%")

@@ -15,8 +15,9 @@ import torch
 
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
+from poisonclip.registry import Registry
 
-_DETECTORS: dict[str, Callable[..., torch.Tensor]] = {}
+_DETECTORS: Registry[Callable[..., torch.Tensor]] = Registry("detector")
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,14 @@ def embed_training_set(
 
 def register_detector(name: str) -> Callable[[Callable], Callable]:
     def decorator(fn: Callable) -> Callable:
-        if name in _DETECTORS:
-            raise ValueError(f"detector {name!r} registered twice")
-        _DETECTORS[name] = fn
+        _DETECTORS.add(name, fn)
         return fn
 
     return decorator
 
 
-def list_detectors() -> list[str]:
-    return sorted(_DETECTORS)
-
-
-def get_detector(name: str) -> Callable[..., torch.Tensor]:
-    if name not in _DETECTORS:
-        raise UsageError(f"unknown detector {name!r}; available: {', '.join(list_detectors())}")
-    return _DETECTORS[name]
+list_detectors = _DETECTORS.names
+get_detector = _DETECTORS.get
 
 
 def detector_params(name: str) -> dict[str, object]:

@@ -36,6 +36,7 @@ from poisonclip.experiments.targeted_trial import (
     poison_targets,
 )
 from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
+from poisonclip.registry import Registry
 
 if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
@@ -60,29 +61,21 @@ class Runner:
     run: Callable[[Trial, ImageTextDataset, ImageTextDataset, list[str]], list[CellResult]]
 
 
-_RUNNERS: dict[str, Runner] = {}
+_RUNNERS: Registry[Runner] = Registry("sweep attack")
 
 
 def register_runner(name: str, params: type) -> Callable[[Callable], Callable]:
     """Register ``run(trial, train, test, classnames) -> [CellResult per trial.cells]``."""
 
     def decorator(fn: Callable) -> Callable:
-        if name in _RUNNERS:
-            raise ValueError(f"trial runner {name!r} registered twice")
-        _RUNNERS[name] = Runner(name, params, fn)
+        _RUNNERS.add(name, Runner(name, params, fn))
         return fn
 
     return decorator
 
 
-def list_runners() -> list[str]:
-    return sorted(_RUNNERS)
-
-
-def get_runner(name: str) -> Runner:
-    if name not in _RUNNERS:
-        raise UsageError(f"no sweep runner for attack {name!r}; available: {', '.join(list_runners())}")
-    return _RUNNERS[name]
+list_runners = _RUNNERS.names
+get_runner = _RUNNERS.get
 
 
 @dataclass(frozen=True)
