@@ -1,17 +1,20 @@
 """Many models at once and the trainer's CPU/GPU paths: each must equal plain training."""
 
 import math
+import threading
 
 import pytest
 import torch
 
 from poisonclip.data import ImageTextDataset
 from poisonclip.errors import UsageError
+from poisonclip.evaluate import encode_images, encode_texts
 from poisonclip.experiments import train_model
 from poisonclip.train import TrainConfig, create_model, get_model_config, load_preset, normalize_images
 from poisonclip.train.grouped import GroupedCLIP, groupable, train_grouped
 from poisonclip.train.loop import train_clip
 from poisonclip.train.many import train_many
+from poisonclip.train.parallel import single_thread_pool
 
 TINY = load_preset("tiny").replace(batch_size=32, epochs=2)
 
@@ -191,3 +194,25 @@ def test_train_many_accepts_a_dataset_per_model(small_train):
     assert b.final_loss == pytest.approx(
         train_model(poisoned, TINY.replace(seed=1), progress=False)[2].final_loss, abs=1e-5
     )
+
+
+def test_worker_threads_give_one_thread_results_and_leave_thread_counts_alone():
+    model = create_model(get_model_config(TINY.model)).eval()
+    images, tokens = random_data(70, seed=4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = encode_images(model, images, batch_size=16), encode_texts(model, tokens, batch_size=16)
+        with single_thread_pool(2) as pool:
+            assert pool.submit(torch.get_num_threads).result() == 1
+        assert torch.get_num_threads() == 2
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        seen: list[int] = []
+        later.start()
+        later.join()
+        assert seen == [2]  # threads started later get the process's count, not the workers' 1
+        torch.set_num_threads(1)
+        one = encode_images(model, images, batch_size=16), encode_texts(model, tokens, batch_size=16)
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(threaded, one, strict=True))

@@ -7,10 +7,8 @@ conversion and a forward/backward pass. This is what makes many small sweep tria
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from poisonclip.train.config import TrainConfig
+from poisonclip.train.parallel import single_thread_pool, torch_threads
 
 IMAGE_MEAN = open_clip.OPENAI_DATASET_MEAN
 IMAGE_STD = open_clip.OPENAI_DATASET_STD
@@ -112,8 +111,8 @@ class ClipObjective:
 
 
 class ShardedClipObjective(ClipObjective):
-    """The CLIP loss with each batch split over single-thread worker threads: the default on a
-    CPU where torch has several threads (``default_objective``).
+    """The CLIP loss with each batch split over single-thread worker threads: ``train_clip``'s
+    default on a CPU where torch has several threads (``cpu_shards``).
 
     The toy models' matmuls are too small to share over threads inside one op (two threads gave
     a step 1.5x, two processes 1.9x; DESIGN.md); whole shards of the batch do share well. Each
@@ -125,13 +124,7 @@ class ShardedClipObjective(ClipObjective):
 
     def __init__(self, shards: int):
         self.shards = shards
-        previous = torch.get_num_threads()
-        self.pool = ThreadPoolExecutor(shards, initializer=torch.set_num_threads, initargs=(1,))
-        # Start every worker now: torch.set_num_threads also sets the count that threads created
-        # later start with, which is put back once all workers have set their own.
-        started = threading.Barrier(shards)
-        list(self.pool.map(lambda _: started.wait(), range(shards)))
-        torch.set_num_threads(previous)
+        self.pool = single_thread_pool(shards)
 
     def __call__(
         self,
@@ -186,12 +179,13 @@ class _ShardedEncode(torch.autograd.Function):
         return None, None, None, None
 
 
-def default_objective(device: torch.device, config: TrainConfig) -> Objective:
-    """The CLIP loss; on a CPU with several torch threads (and no ``compile``), sharded over them."""
+def cpu_shards(device: torch.device, config: TrainConfig) -> int:
+    """How many single-thread workers share each batch of the default CLIP loss: on a CPU, one per
+    torch thread (1: no sharding; not under ``compile``, which traces the plain objective)."""
     threads = torch.get_num_threads()
-    if device.type == "cpu" and threads > 1 and not config.compile and config.batch_size >= 2 * threads:
-        return ShardedClipObjective(threads)
-    return ClipObjective()
+    if device.type != "cpu" or config.compile or config.batch_size < 2 * threads:
+        return 1
+    return threads
 
 
 # on_batch(epoch, sample ids [B], detached per-sample losses [B]): per-sample logging (loss tracking)
@@ -266,7 +260,12 @@ def train_clip(
     Deterministic on the CPU for a given ``config.seed`` (data order) and model initialisation.
     """
     device = resolve_device(config.device)
-    objective = objective or default_objective(device, config)
+    shards = cpu_shards(device, config) if objective is None else 1
+    if shards > 1:  # this thread only waits on the workers: on one torch thread too (a second one
+        # beside the workers made steps 15x slower on a busy 2-core CPU)
+        with torch_threads(1):
+            return train_clip(model, images, tokens, config, progress, ShardedClipObjective(shards), on_batch)
+    objective = objective or ClipObjective()
     compute_losses = torch.compile(objective.__call__) if config.compile else objective
     amp_dtype = autocast_dtype(config.precision, device)
     n = images.shape[0]

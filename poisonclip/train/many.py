@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import open_clip
+import torch
 
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
@@ -29,7 +30,7 @@ from poisonclip.train.config import TrainConfig
 from poisonclip.train.grouped import groupable, train_grouped
 from poisonclip.train.loop import TrainStats, resolve_device, train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
-from poisonclip.train.parallel import available_cores, run_in_processes
+from poisonclip.train.parallel import run_in_processes
 
 METHODS = ("auto", "sequential", "grouped", "processes", "grouped-processes")
 
@@ -42,7 +43,8 @@ def train_many(
     progress: bool = False,
 ) -> list[tuple[open_clip.CLIP, dict, TrainStats]]:
     """Train one model per (dataset, config), as ``train_model`` would: [(model, model config,
-    stats)] in the order given. ``workers``: processes for the process methods (default: cores).
+    stats)] in the order given. ``workers``: processes for the process methods (default: torch's
+    thread count, so inside a single-thread sweep worker nothing more is started).
 
     Each model is built from its ``config.seed`` and trained with the CLIP loss; the result equals
     separate ``train_model`` runs up to float rounding, whatever the method.
@@ -51,8 +53,8 @@ def train_many(
         raise UsageError(f"method must be one of {METHODS}, got {method!r}")
     if len(datasets) != len(configs):
         raise UsageError(f"{len(datasets)} datasets but {len(configs)} configs")
+    workers = workers or torch.get_num_threads()
     method = pick_method(configs, workers) if method == "auto" else method
-    workers = workers or available_cores()
     jobs = [{"dataset": d, "config": c} for d, c in zip(datasets, configs, strict=True)]
     if method in ("sequential", "processes"):
         chunks = [[i] for i in range(len(jobs))]
@@ -71,9 +73,9 @@ def train_many(
     return [_rebuild(configs[i], *trained[i]) for i in range(len(jobs))]
 
 
-def pick_method(configs: Sequence[TrainConfig], workers: int | None = None) -> str:
+def pick_method(configs: Sequence[TrainConfig], workers: int) -> str:
     """``auto``'s choice (see the module docstring): measured on 2 CPU cores, bench/bench_many.py."""
-    if resolve_device(configs[0].device).type == "cuda" or (workers or available_cores()) == 1:
+    if resolve_device(configs[0].device).type == "cuda" or workers == 1:
         return "grouped"
     return "grouped-processes"
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -43,3 +45,57 @@ def run_in_processes(
     ) as pool:
         futures = [pool.submit(fn, **job) for job in jobs]
         return [future.result() for future in futures]
+
+
+def single_thread_pool(workers: int) -> ThreadPoolExecutor:
+    """``workers`` threads that each run torch ops on one thread, for slices of one computation.
+
+    The same reason as for processes: a slice per single-thread worker scales over the cores where
+    one small op spread over threads does not; threads share the model and data and need no
+    start-up (torch releases the GIL inside ops).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=_one_torch_thread)
+    # Start every worker now: torch.set_num_threads also sets the count that threads created later
+    # start with, which is put back once all workers have set their own.
+    started = threading.Barrier(workers)
+    list(pool.map(lambda _: started.wait(), range(workers)))
+    torch.set_num_threads(previous)
+    return pool
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch ops of this thread on ``threads`` threads inside the block; the count is put back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    # A thread's first torch call takes the process's current count, overriding an earlier
+    # set_num_threads in that thread: make that first call happen before setting ours.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def map_slices(fn: Callable[[Any], Any], items: Iterable[Any], cpu: bool) -> list[Any]:
+    """``[fn(item) for item in items]``; on a ``cpu`` with several torch threads, computed by as many
+    single-thread workers. ``fn`` must set its own thread-local torch state (inference mode,
+    autocast): the workers do not inherit the caller's."""
+    import torch
+
+    items, threads = list(items), torch.get_num_threads()
+    if not cpu or threads == 1 or len(items) == 1:
+        return [fn(item) for item in items]
+    with single_thread_pool(min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
