@@ -31,7 +31,7 @@ def blockwise_moments(features: torch.Tensor, block: int = 2048) -> tuple[float,
     for start in range(0, n, block):
         sims = x[start : start + block] @ x.T  # [block, N]
         total += sims.sum().item()
-        total_sq += sims.square().sum().item()
+        total_sq += torch.linalg.vector_norm(sims).item() ** 2  # one pass, no [block, N] temporary
     diag = x.square().sum(dim=1)  # S_ii, ≈ 1
     pairs = n * (n - 1)
     mean = (total - diag.sum().item()) / pairs
@@ -52,13 +52,13 @@ def bare_gram_seconds(features: torch.Tensor, repeats: int) -> float:
 
 
 def embeddings(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, patched) float32 [n, d] shaped like a backdoored toy model's: clean embeddings
-    around 20 class prototypes (pair similarity ≈ 0.2 ± 0.3), patched ones pulled towards one
-    trigger direction (z ≈ 2.5)."""
+    """(clean, patched) float32 [n, d]: clean embeddings around 20 class prototypes (clean-pair
+    similarity 0.03 ± 0.15), patched ones pulled towards one trigger direction (z ≈ 2.3). The
+    timings do not depend on the values."""
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(20, d, generator=g)
     clean = prototypes[torch.randint(20, (n,), generator=g)] + 0.7 * torch.randn(n, d, generator=g)
-    return clean, clean + 1.6 * torch.randn(1, d, generator=g)
+    return clean, clean + 0.9 * torch.randn(1, d, generator=g)
 
 
 def main() -> None:
