@@ -37,10 +37,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Taken when a benchmark starts: later the average counts the benchmark's own threads.
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> str:
-    """CPU, cores, torch version and the 1-minute load average (numbers under load mislead)."""
+    """CPU, cores, torch version and the 1-minute load average when the benchmark started (numbers
+    taken under load mislead)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_name()}, {cores} cores, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}"
+    return f"{cpu_name()}, {cores} cores, torch {torch.__version__}, load {LOAD_AT_START:.2f} at start"
 
 
 def matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:

@@ -11,9 +11,12 @@ numbers):
 * ``sequential``: one after the other in this process (``train_clip``, which shards each batch
   over the CPU threads).
 
-``auto`` picks ``grouped`` on a GPU (a toy model alone leaves it idle) and on a one-core CPU,
-``grouped-processes`` on a multi-core CPU. Models that cannot be grouped (another architecture,
-configs differing in more than the seed, datasets of different sizes) train separately.
+``auto`` picks ``grouped`` on a GPU (a toy model alone leaves it idle) and with one torch thread
+(inside a sweep's single-thread worker), ``processes`` on a multi-core CPU: there grouping gains
+nothing per core (0.98–1.09x the CPU time of one model at a time) and single-thread processes
+beat the threads of one process (steady 1.58x ``sequential`` on 2 cores, grouped-processes 1.43x,
+grouped 1.12x; bench/bench_many.py). Models that cannot be grouped (another architecture, configs
+differing in more than the seed, datasets of different sizes) train separately.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def pick_method(configs: Sequence[TrainConfig], workers: int) -> str:
     """``auto``'s choice (see the module docstring): measured on 2 CPU cores, bench/bench_many.py."""
     if resolve_device(configs[0].device).type == "cuda" or workers == 1:
         return "grouped"
-    return "grouped-processes"
+    return "processes"
 
 
 def _groups(configs: Sequence[TrainConfig], datasets: Sequence[ImageTextDataset]) -> list[list[int]]:
