@@ -114,12 +114,12 @@ class ShardedClipObjective(ClipObjective):
     """The CLIP loss with each batch split over single-thread worker threads: ``train_clip``'s
     default on a CPU where torch has several threads (``cpu_shards``).
 
-    The toy models' matmuls are too small to share over threads inside one op (two threads gave
-    a step 1.5x, two processes 1.9x; DESIGN.md); whole shards of the batch do share well. Each
-    worker encodes its slice and later backpropagates through it (torch releases the GIL inside
-    ops); the loss needs every pair of the batch and runs on the gathered features. Gradients are
-    summed over shards in shard order, so runs repeat exactly; they equal the unsharded gradient
-    up to float rounding.
+    On an idle 2-core CPU this trains as fast as torch's two threads inside each op (1.5x one
+    thread), but on a busy one every op split over threads waits for the scheduler (steps 5-15x
+    slower at load 5-6) while whole shards keep going. Each worker encodes its slice and later
+    backpropagates through it (torch releases the GIL inside ops); the loss needs every pair of
+    the batch and runs on the gathered features. Gradients are summed over shards in shard order,
+    so runs repeat exactly; they equal the unsharded gradient up to float rounding.
     """
 
     def __init__(self, shards: int):
