@@ -15,7 +15,7 @@ far more on these short trainings than on real ones of ~3,000 steps), and the st
 real sweeps see, from the 4 extra models between S = 4 and S = 8 (start-up cancels). The ratio
 is the steady rate of ``auto``'s choice over ``sequential``'s.
 
-    .venv/bin/python bench/bench_many.py        # ~3 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_many.py        # ~4 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ METHODS = ("sequential", "processes", "grouped", "grouped-processes")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="training steps per model")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8], help="values of S")
     args = parser.parse_args()
 

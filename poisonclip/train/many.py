@@ -14,8 +14,8 @@ numbers):
 ``auto`` picks ``grouped`` on a GPU (a toy model alone leaves it idle) and with one torch thread
 (inside a sweep's single-thread worker), ``processes`` on a multi-core CPU: there grouping gains
 nothing per core (0.98–1.09x the CPU time of one model at a time) and single-thread processes
-beat the threads of one process (steady 1.58x ``sequential`` on 2 cores, grouped-processes 1.43x,
-grouped 1.12x; bench/bench_many.py). Models that cannot be grouped (another architecture, configs
+beat the threads of one process (steady 1.18–1.58x ``sequential`` on 2 cores over four runs;
+bench/bench_many.py). Models that cannot be grouped (another architecture, configs
 differing in more than the seed, datasets of different sizes) train separately.
 """
 
