@@ -85,8 +85,10 @@ def test_csv_and_json_model_config(small_data_dir, tmp_path):
     assert rest[:4] == ["--model-config", str(custom), "--model", "my-model"]
     args = parse_args(rest[2:])
     assert (args.dataset_type, args.csv_separator, args.csv_img_key) == ("csv", "\t", "filepath")
-    assert (args.precision, args.device) == ("fp32", "cpu")
+    assert (args.precision, args.device, args.torchcompile) == ("fp32", "cpu", False)
     assert steps_per_epoch(400, 64, 1, 0, csv=True) == 6  # last partial batch dropped
+    compiled = build_command(config.replace(compile=True), OpenClipRun(csv, workers=0))
+    assert parse_args(compiled[compiled.index("--model-config") + 2 :]).torchcompile
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,7 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
         *optimizer,
         "--warmup", str(round(config.warmup_fraction * steps * config.epochs)),
         "--precision", open_clip_precision(config.precision, cuda),
+        *(["--torchcompile"] if config.compile else []),
         *(["--device", config.device] if config.device != "auto" else []),
         "--workers", str(run.workers),
         "--seed", str(config.seed),
