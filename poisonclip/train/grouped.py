@@ -120,10 +120,6 @@ class GroupedCLIP:
         self.eps = first.visual.ln_pre.eps
         self.attn_mask = first.attn_mask  # [L, L] float, -inf above the diagonal (causal)
 
-    @property
-    def size(self) -> int:
-        return self.params["logit_scale"].shape[0]
-
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self.params.items())
 
@@ -220,7 +216,8 @@ def train_grouped(
     ``configs[s]``, all S in one computation: as S ``train_clip`` runs with the CLIP loss.
 
     The configs may differ only in ``seed`` (each model's data order) and the datasets only in
-    content, not size: every model takes the same steps with the same learning rates.
+    content, not size: every model takes the same steps with the same learning rates. With fp16
+    the loss scale is shared: an overflow in one model skips the step for all.
     """
     config = configs[0]
     if any(c.replace(seed=config.seed) != config for c in configs):
