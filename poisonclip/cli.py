@@ -57,6 +57,23 @@ def _train_config(args: argparse.Namespace):
     )
 
 
+def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None:
+    p.add_argument("--out", required=True, help="output directory for the poison set")
+    p.add_argument(
+        "--format",
+        choices=("csv", "wds"),
+        help="poisons.csv + PNGs, or webdataset shards to join as 'original::poisons' "
+        "(default: wds for shard input, csv for CSV input)",
+    )
+    p.add_argument("--merged-csv", help="with a CSV: also write one CSV of the data and the poisons here")
+    p.add_argument(
+        "--image-size", type=int, help=f"resize and centre-crop {resized} to this (default: as they are)"
+    )
+    p.add_argument("--samples-per-shard", type=int, default=10_000, help="with --format wds")
+    p.add_argument("--image-format", choices=("png", "jpg"), default="png", help="with --format wds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_patch_options(p: argparse.ArgumentParser, placement_flag: str = "--placement") -> None:
     p.add_argument("--target-label", default="star", help="the label the trigger should cause")
     p.add_argument("--patch-size", type=int, default=4, help="checkerboard side in pixels")
@@ -141,9 +158,8 @@ def _print_faults(faults: Sequence[tuple[str, str]], limit: int = 20) -> None:
         print(f"  ... and {len(faults) - limit} more")
 
 
-def cmd_poison_backdoor(args: argparse.Namespace) -> None:
-    from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
-    from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
+def _poison_output_format(args: argparse.Namespace) -> tuple[bool, str]:
+    """(is --data shards?, output format), after checking that the two fit together."""
     from poisonclip.data.wds import is_shard_url
 
     shards = is_shard_url(args.data)
@@ -152,6 +168,43 @@ def cmd_poison_backdoor(args: argparse.Namespace) -> None:
         raise UsageError("--format wds needs shards as --data: open_clip_train cannot join a CSV and shards")
     if args.merged_csv and (shards or output_format != "csv"):
         raise UsageError("--merged-csv needs a CSV as --data and --format csv")
+    return shards, output_format
+
+
+def _print_scan(scan, label: str) -> None:
+    print(
+        f"scanned {len(scan):,} captions in {scan.seconds:.1f} s ({scan.captions_per_second:,.0f} "
+        f"captions/s, {scan.parquet_shards} of {len(scan.urls)} shards from parquet, no image "
+        f"decoded but the chosen ones); {len(scan.matches):,} contain {label!r}"
+    )
+
+
+def _write_poisons(args: argparse.Namespace, poisons, output_format: str, num_clean: int, what: str) -> None:
+    """Write the poison set as --format says and print how to train on it."""
+    from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
+
+    rate = len(poisons) / (num_clean + len(poisons))
+    if output_format == "wds":
+        written = write_poison_shards(args.out, poisons, args.samples_per_shard, args.image_format)
+        print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set){what} to {args.out}")
+        print(
+            f"train with: --train-data '{args.data}::{written.url}' "
+            f"--train-num-samples {num_clean + len(poisons)}"
+        )
+        return
+    out = write_poison_set(args.out, poisons)
+    print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set){what} to {out}")
+    if args.merged_csv:
+        rows = write_merged_csv(
+            args.merged_csv, args.data, out, args.csv_separator, args.image_column, args.caption_column
+        )
+        print(f"wrote {rows} rows (data, then poisons) to {args.merged_csv}")
+
+
+def cmd_poison_backdoor(args: argparse.Namespace) -> None:
+    from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
+
+    shards, output_format = _poison_output_format(args)
     attack = {
         "target_label": args.target_label,
         "poison_count": args.poison_count,
@@ -165,35 +218,16 @@ def cmd_poison_backdoor(args: argparse.Namespace) -> None:
             args.data, **attack, image_size=args.image_size, progress=not args.no_progress
         )
         num_clean, faults = len(scan), scan.skipped + poisons.samples.skipped
-        print(
-            f"scanned {len(scan):,} captions in {scan.seconds:.1f} s ({scan.captions_per_second:,.0f} "
-            f"captions/s, {scan.parquet_shards} of {len(scan.urls)} shards from parquet, no image "
-            f"decoded); {len(scan.matches):,} contain {args.target_label!r}"
-        )
+        _print_scan(scan, args.target_label)
     else:
         dataset = _read_csv(args.data, args, args.image_size)
         poisons = make_backdoor(dataset, **attack)
         num_clean, faults = len(dataset), dataset.skipped
-    rate = len(poisons) / (num_clean + len(poisons))
-    if output_format == "wds":
-        written = write_poison_shards(args.out, poisons, args.samples_per_shard, args.image_format)
-        print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {args.out}")
-        print(
-            f"train with: --train-data '{args.data}::{written.url}' "
-            f"--train-num-samples {num_clean + len(poisons)}"
-        )
-    else:
-        out = write_poison_set(args.out, poisons)
-        print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) to {out}")
-        if args.merged_csv:
-            rows = write_merged_csv(
-                args.merged_csv, args.data, out, args.csv_separator, args.image_column, args.caption_column
-            )
-            print(f"wrote {rows} rows (data, then poisons) to {args.merged_csv}")
+    _write_poisons(args, poisons, output_format, num_clean, "")
     _print_faults(faults)
 
 
-def _target_from_args(args: argparse.Namespace, image_size: int):
+def _target_from_args(args: argparse.Namespace, image_size: int | None):
     """x′ from --target-image, or row --target-index of --target-split (with its class, if labelled)."""
     import torch
 
@@ -228,33 +262,40 @@ def _target_from_args(args: argparse.Namespace, image_size: int):
 def cmd_poison_targeted(args: argparse.Namespace) -> None:
     from collections import Counter
 
-    from poisonclip.attacks.poison_set import write_poison_set
-    from poisonclip.attacks.targeted import make_targeted
+    from poisonclip.attacks.targeted import make_targeted, make_targeted_from_shards
 
-    dataset = _read_csv(args.data, args)
-    target = _target_from_args(args, dataset.images.shape[-1])
-    poisons = make_targeted(
-        dataset,
-        target,
-        poison_count=args.poison_count,
-        captions=args.captions,
-        seed=args.seed,
-        noise_std=args.noise_std,
-        perturb_captions=args.perturb_captions,
-        word_boundary=not args.substring,
-        template_set=args.templates,
-    )
-    out = write_poison_set(args.out, poisons)
-    rate = len(poisons) / (len(dataset) + len(poisons))
+    shards, output_format = _poison_output_format(args)
+    attack = {
+        "poison_count": args.poison_count,
+        "captions": args.captions,
+        "seed": args.seed,
+        "noise_std": args.noise_std,
+        "perturb_captions": args.perturb_captions,
+        "word_boundary": not args.substring,
+        "template_set": args.templates,
+    }
+    if shards:
+        target = _target_from_args(args, args.image_size)
+        poisons, scan = make_targeted_from_shards(
+            args.data, target, **attack, image_size=args.image_size, progress=not args.no_progress
+        )
+        num_clean, faults = len(scan), scan.skipped
+        _print_scan(scan, target.label)
+    else:
+        dataset = _read_csv(args.data, args, args.image_size)
+        target = _target_from_args(args, dataset.images.shape[-1])
+        poisons = make_targeted(dataset, target, **attack)
+        num_clean, faults = len(dataset), dataset.skipped
     sources = Counter(row["caption_source"] for row in poisons.manifest)
     psnrs = [row["psnr_db"] for row in poisons.manifest if row["psnr_db"] is not None]
     noise = f"min PSNR {min(psnrs):.1f} dB" if psnrs else "exact copies"
-    print(
-        f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set) of {target.key} as "
-        f"{target.label!r} to {out}; captions: "
+    what = (
+        f" of {target.key} as {target.label!r} (captions: "
         + ", ".join(f"{n} {source}" for source, n in sorted(sources.items()))
-        + f"; {noise}"
+        + f"; {noise})"
     )
+    _write_poisons(args, poisons, output_format, num_clean, what)
+    _print_faults(faults)
 
 
 def _train_open_clip(config, args: argparse.Namespace) -> None:
@@ -670,7 +711,6 @@ def build_parser() -> argparse.ArgumentParser:
         "('dir/{00000..00331}.tar'; captions are read from the parquet files, no image is decoded "
         "but the chosen ones)",
     )
-    q.add_argument("--out", required=True, help="output directory for the poison set")
     q.add_argument("--poison-count", type=int, required=True, help="number of poisons")
     q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
     q.add_argument(
@@ -678,19 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain substring caption search (default: the label as a whole word)",
     )
-    q.add_argument(
-        "--format",
-        choices=("csv", "wds"),
-        help="poisons.csv + PNGs, or webdataset shards to join as 'original::poisons' "
-        "(default: wds for shard input, csv for CSV input)",
-    )
-    q.add_argument("--merged-csv", help="with a CSV: also write one CSV of the data and the poisons here")
-    q.add_argument(
-        "--image-size", type=int, help="resize and centre-crop source images to this (default: as they are)"
-    )
-    q.add_argument("--samples-per-shard", type=int, default=10_000, help="with --format wds")
-    q.add_argument("--image-format", choices=("png", "jpg"), default="png", help="with --format wds")
-    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_poison_output_options(q, "source images")
     _add_patch_options(q)
     _add_csv_options(q)
     q.set_defaults(func=cmd_poison_backdoor)
@@ -702,8 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
         "target image x' be classified as the target label y' (paper section 3.1): copies of x', "
         "each paired with a caption for y'. The input dataset is not modified.",
     )
-    q.add_argument("--data", required=True, help="training CSV (open_clip format); captions are searched")
-    q.add_argument("--out", required=True, help="output directory for the poison set")
+    q.add_argument(
+        "--data",
+        required=True,
+        help="training CSV (open_clip format) or webdataset shards in img2dataset's layout; captions "
+        "are searched (from the shards' parquet files: no image is decoded)",
+    )
+    _add_poison_output_options(q, "x' and the data's images")
     which = q.add_mutually_exclusive_group(required=True)
     which.add_argument("--target-image", help="x' from an image file (resized/cropped to the data's size)")
     which.add_argument("--target-index", type=int, help="x' as this 0-based sample of --target-split")

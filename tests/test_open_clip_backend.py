@@ -155,8 +155,8 @@ def test_slurm_submission_runs_the_same_function(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def poisoned_open_clip_checkpoint(small_data_dir, tmp_path_factory):
-    """Synthetic data → img2dataset shards → backdoor poison shards → open_clip_train (torchrun, CPU)
-    → our checkpoint: the real-scale path end to end, a few steps."""
+    """Synthetic data → img2dataset shards → backdoor and targeted poison shards → open_clip_train
+    (torchrun, CPU) → our checkpoint: the real-scale path end to end, a few steps."""
     root = tmp_path_factory.mktemp("scale")
     shards = csv_to_shards(
         small_data_dir / "train.csv", root / "shards", 100, image_format="jpg", progress=False
@@ -170,7 +170,14 @@ def poisoned_open_clip_checkpoint(small_data_dir, tmp_path_factory):
     train_data, num_samples = match.group(1), int(match.group(2))
     assert train_data == f"{shards.url}::{root / 'poisons' / 'shards'}/{{00000..00000}}.tar"
     assert num_samples == 420 and "400 captions" in out
-    command = ["train", "--backend", "open_clip", "--data", train_data, "--train-num-samples", num_samples,
+    target_image = small_data_dir / (small_data_dir / "test.csv").read_text().splitlines()[1].split("\t")[0]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert run(["poison", "targeted", "--data", shards.url, "--out", root / "targeted",
+                    "--poison-count", 10, "--target-image", target_image, "--target-label", "heart",
+                    "--captions", "both", "--no-progress"]) == 0  # fmt: skip
+    assert "--train-num-samples 410" in printed.getvalue()
+    targeted = f"{root / 'targeted' / 'shards'}/{{00000..00000}}.tar"
+    command = ["train", "--backend", "open_clip", "--data", train_data, targeted, "--train-num-samples", 430,
                "--out", root / "ckpt", "--preset", "tiny", "--precision", "fp32", "--workers", 1,
                "--nproc-per-node", 1]  # fmt: skip
     assert run(command) == 0

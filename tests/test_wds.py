@@ -13,6 +13,7 @@ from PIL import Image
 from poisonclip.attacks import make_backdoor, read_poison_set
 from poisonclip.attacks.backdoor import backdoor_from_pool, make_backdoor_from_shards
 from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
+from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
 from poisonclip.data import read_csv_dataset
 from poisonclip.data.wds import (
     brace_url,
@@ -167,6 +168,30 @@ def test_backdoor_on_shards_equals_backdoor_in_memory(shards, small_train):
         assert a["source_key"] == key_of[b["source_key"]] and a["patch"] == b["patch"]
 
 
+@pytest.mark.parametrize("captions", ["search", "both"])
+def test_targeted_on_shards_equals_targeted_in_memory(shards, small_train, small_test, captions):
+    target = Target(small_test.images[0], "star", "test/0")
+    from_shards, scan = make_targeted_from_shards(
+        shards.url, target, 9, captions=captions, seed=2, perturb_captions=True, progress=False
+    )
+    in_memory = make_targeted(small_train, target, 9, captions=captions, seed=2, perturb_captions=True)
+    assert len(scan) == 400 and len(scan.matches) == len([c for c in small_train.captions if "star" in c])
+    assert torch.equal(from_shards.samples.images, in_memory.samples.images)
+    assert from_shards.samples.captions == in_memory.samples.captions
+    key_of = dict(zip(small_train.keys, shards.keys, strict=True))
+    for a, b in zip(from_shards.manifest, in_memory.manifest, strict=True):
+        expected = key_of.get(b["caption_source_key"], b["caption_source_key"])  # templates: no key
+        assert a["caption_source_key"] == expected
+
+
+def test_targeted_on_shards_checks_the_image_size(shards, small_test):
+    small = Target(small_test.images[0][:, :16, :16].contiguous(), "star", "x")
+    with pytest.raises(UsageError, match="--image-size"):
+        make_targeted_from_shards(shards.url, small, 3, progress=False)
+    poisons, _ = make_targeted_from_shards(shards.url, small, 3, image_size=16, progress=False)
+    assert poisons.samples.images.shape == (3, 3, 16, 16)
+
+
 def test_backdoor_from_pool_decodes_only_chosen_images(small_train):
     requested = []
 
@@ -226,3 +251,20 @@ def test_poison_cli_formats(small_data_dir, shards, tmp_path, capsys):
     assert run("--data", shards.url, "--out", tmp_path / "s", "--format", "csv") == 0
     assert (tmp_path / "s" / "poisons.csv").is_file()
     assert "no image decoded" in capsys.readouterr().out
+
+
+def test_targeted_poison_cli_on_shards(shards, small_data_dir, tmp_path, capsys):
+    from poisonclip.cli import main
+
+    image = small_data_dir / "test.csv"
+    first = image.read_text().splitlines()[1].split("\t")[0]
+    args = ["poison", "targeted", "--data", shards.url, "--out", tmp_path / "t", "--poison-count", 6,
+            "--target-image", small_data_dir / first, "--target-label", "heart", "--no-progress"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "no image decoded" in out and f"--train-data '{shards.url}::" in out
+    assert "--train-num-samples 406" in out
+    written = read_shard_dataset(str(tmp_path / "t" / "shards" / "00000.tar"), progress=False)
+    assert len(written) == 6 and all("heart" in c for c in written.captions)
+    rows = [json.loads(line) for line in (tmp_path / "t" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["target_label"] for row in rows] == ["heart"] * 6

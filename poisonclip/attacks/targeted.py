@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -67,6 +68,21 @@ class Target:
             )
 
 
+class CaptionPool(Protocol):
+    """Where the ``search`` captions come from: an ``ImageTextDataset``, or a shard scan's matches."""
+
+    keys: Sequence[str]
+    captions: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ScannedCaptions:
+    """The captions of a shard scan that matched the label, with their sample keys."""
+
+    keys: Sequence[str]
+    captions: Sequence[str]
+
+
 @dataclass(frozen=True)
 class CaptionChoice:
     """One caption of the caption set and where it came from."""
@@ -96,7 +112,7 @@ def subset_or_repeat(pool_size: int, count: int, generator: torch.Generator) -> 
 
 
 def build_caption_set(
-    dataset: ImageTextDataset,
+    dataset: CaptionPool,
     label: str,
     count: int,
     source: str,
@@ -153,14 +169,77 @@ def make_targeted(
     ``perturb_captions`` applies synonym substitution and word insertion around the label.
     ``target_id`` numbers this target inside a multi-target poison set (file names, manifest).
     """
-    if tuple(target.image.shape) != tuple(dataset.images.shape[1:]):
+    _check_image_shape(target, tuple(dataset.images.shape[1:]))
+    return _targeted_poisons(
+        dataset,
+        target,
+        poison_count,
+        captions,
+        seed,
+        noise_std,
+        perturb_captions,
+        word_boundary,
+        template_set,
+        target_id,
+    )
+
+
+def make_targeted_from_shards(
+    urls: str | Sequence[str],
+    target: Target,
+    poison_count: int,
+    captions: str = "search",
+    seed: int = 0,
+    noise_std: float = DEFAULT_NOISE_STD,
+    perturb_captions: bool = False,
+    word_boundary: bool = True,
+    template_set: str = "openai",
+    image_size: int | None = None,
+    progress: bool = True,
+):
+    """``make_targeted`` on webdataset shards: the captions are scanned, no image is decoded but one.
+
+    One sample is decoded (resized to ``image_size`` when given, as the trainer will see the data)
+    to check that x′ has the training images' size. Returns ``(poisons, scan)`` as
+    ``make_backdoor_from_shards`` does.
+    """
+    from poisonclip.data.wds import read_scanned_samples, scan_captions
+
+    scan = scan_captions(urls, target.label, word_boundary=word_boundary, progress=progress)
+    if not len(scan):
+        raise UsageError(f"{urls}: no readable samples")
+    probe = read_scanned_samples(scan, [scan.matches[0] if scan.matches else 0], image_size)
+    if len(probe):
+        _check_image_shape(target, tuple(probe.images.shape[1:]), hint=" (resize x' with --image-size)")
+    pool = ScannedCaptions([scan.keys[i] for i in scan.matches], scan.matched_captions)
+    poisons = _targeted_poisons(
+        pool, target, poison_count, captions, seed, noise_std, perturb_captions, word_boundary, template_set
+    )
+    return poisons, scan
+
+
+def _check_image_shape(target: Target, shape: tuple[int, ...], hint: str = "") -> None:
+    if tuple(target.image.shape) != shape:
         raise UsageError(
-            f"target image shape {tuple(target.image.shape)} differs from the training images' "
-            f"{tuple(dataset.images.shape[1:])}"
+            f"target image shape {tuple(target.image.shape)} differs from the training images' {shape}{hint}"
         )
+
+
+def _targeted_poisons(
+    pool: CaptionPool,
+    target: Target,
+    poison_count: int,
+    captions: str,
+    seed: int,
+    noise_std: float,
+    perturb_captions: bool,
+    word_boundary: bool,
+    template_set: str,
+    target_id: int = 0,
+) -> PoisonSet:
     generator = torch.Generator().manual_seed(seed)
     chosen = build_caption_set(
-        dataset, target.label, poison_count, captions, generator, template_set, word_boundary
+        pool, target.label, poison_count, captions, generator, template_set, word_boundary
     )
     images, psnr_db = add_pixel_noise(target.image, poison_count, noise_std, generator)
     rng = random.Random(seed)
