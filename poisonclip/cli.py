@@ -37,6 +37,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         help="auto: bf16 on CUDA, fp32 on CPU",
     )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the forward pass and loss (pays off on GPUs for long runs; the first steps "
+        "pay for compiling)",
+    )
+    g.add_argument(
+        "--data-on-device",
+        action=argparse.BooleanOptionalAction,
+        help="copy the whole (uint8) training set to the device once (default), or keep it in CPU "
+        "memory and copy each batch from pinned memory (--no-data-on-device, for sets larger than "
+        "the GPU's memory)",
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -54,6 +67,8 @@ def _train_config(args: argparse.Namespace):
         seed=args.train_seed,
         device=args.device,
         precision=args.precision,
+        compile=args.compile,
+        data_on_device=args.data_on_device,
     )
 
 

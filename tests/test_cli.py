@@ -95,3 +95,15 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["poison", "backdoor", "--placement", "middle"])
     assert exit_info.value.code == 2
+
+
+def test_gpu_path_flags_reach_the_train_config():
+    from poisonclip.cli import _train_config, build_parser
+
+    def config(*flags):
+        return _train_config(build_parser().parse_args(["train", "--data", "d.csv", "--out", "o", *flags]))
+
+    default = config()
+    assert default.compile is False and default.data_on_device is True  # the demo preset's
+    chosen = config("--compile", "--no-data-on-device", "--precision", "bf16")
+    assert chosen.compile is True and chosen.data_on_device is False and chosen.precision == "bf16"
