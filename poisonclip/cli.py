@@ -384,7 +384,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import read_classnames
-    from poisonclip.data.io import write_json_atomic
     from poisonclip.evaluate.suite import evaluate_backdoor
     from poisonclip.train.checkpoint import load_checkpoint
     from poisonclip.train.model import context_length_of, image_size_of
@@ -400,6 +399,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise UsageError("--test needs --classnames (one name per line, in label order)")
         classnames = read_classnames(args.classnames)
         test = _read_data(args.test, args, image_size_of(model_config))
+    if args.target_image:
+        _print_metrics(args, _evaluate_target(args, model, model_config, test, classnames))
+        return
     evaluation = evaluate_backdoor(
         model,
         test,
@@ -428,10 +430,35 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 len(classnames),
             )
         )
-    text = json.dumps(evaluation.metrics, indent=2, sort_keys=True)
+    _print_metrics(args, evaluation.metrics)
+
+
+def _evaluate_target(args: argparse.Namespace, model, model_config: dict, test, classnames) -> dict:
+    """The targeted attack's metrics for x′ = --target-image and y′ = --target-label."""
+    from poisonclip.evaluate.targeted_suite import evaluate_targeted
+    from poisonclip.train.model import context_length_of, image_size_of
+
+    if args.probe_train:
+        raise UsageError("--target-image fits its probe on half of the test set; drop --probe-train")
+    target = _target_from_args(args, image_size_of(model_config))
+    evaluation = evaluate_targeted(
+        model, [target], test, classnames, args.templates, context_length_of(model_config)
+    )
+    row = evaluation.per_target[0]
+    return {
+        **{k: v for k, v in evaluation.metrics.items() if k != "num_targets"},
+        **{k: row[k] for k in ("target_key", "target_label", "zero_shot_rank", "probe_rank")},
+        "zero_shot_success": row["zero_shot_success"],
+        "probe_success": row["probe_success"],
+    }
+
+
+def _print_metrics(args: argparse.Namespace, metrics: dict) -> None:
+    from poisonclip.data.io import write_json_atomic
+
     if args.out:
-        write_json_atomic(args.out, evaluation.metrics)
-    print(text)
+        write_json_atomic(args.out, metrics)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def _read_training_set(args: argparse.Namespace, image_size: int):
@@ -955,6 +982,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--probe-train",
         help="ImageFolder train split (same class directories): also fit a linear probe on its "
         "embeddings and report probe_acc, probe_asr and probe_natural_rate",
+    )
+    p.add_argument(
+        "--target-image",
+        help="evaluate a targeted attack instead of a backdoor: the rank of --target-label (y') for "
+        "this image x' under the zero-shot classifier and under a linear probe fit on half of the "
+        "labelled test set (the other half gives the clean accuracies); success = rank 0",
     )
     p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from poisonclip.cli import main
 
@@ -57,6 +59,37 @@ def test_poison_train_evaluate_pipeline(small_data_dir, tmp_path, capsys):
     assert printed == json.loads((tmp_path / "m.json").read_text())
     assert 0 <= printed["asr"] <= 1 and printed["num_test"] == 120
     assert run(["list", "models"]) == 0
+
+
+def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from poisonclip.data.dataset import read_classnames
+    from poisonclip.evaluate.embeddings import encode_images
+    from poisonclip.evaluate.zeroshot import zero_shot_classifier
+    from poisonclip.train.checkpoint import load_checkpoint
+    from poisonclip.train.model import context_length_of
+
+    ckpt = tmp_path / "ckpt"
+    assert run(["train", "--data", small_data_dir / "train.csv", "--out", ckpt, "--preset", "tiny",
+                "--epochs", 1, "--no-progress"]) == 0  # fmt: skip
+    image = small_data_dir / (small_data_dir / "test.csv").read_text().splitlines()[1].split("\t")[0]
+    evaluate = ["evaluate", "--checkpoint", ckpt, "--test", small_data_dir / "test.csv",
+                "--classnames", small_data_dir / "classnames.txt", "--target-image", image]  # fmt: skip
+    capsys.readouterr()
+    assert run([*evaluate, "--target-label", "heart"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # The rank again, by hand: classes scored above 'heart' for this image.
+    model, config = load_checkpoint(ckpt)
+    classnames = read_classnames(small_data_dir / "classnames.txt")
+    classifier = zero_shot_classifier(model, classnames, "synthetic", context_length_of(config))
+    pixels = torch.tensor(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None]
+    scores = (encode_images(model, pixels) @ classifier)[0]
+    expected = int((scores > scores[classnames.index("heart")]).sum())
+    assert metrics["zero_shot_rank"] == expected and metrics["zero_shot_success"] == (expected == 0)
+    assert 0 <= metrics["probe_rank"] < len(classnames) and metrics["num_probe_fit"] > 0
+    assert run([*evaluate, "--target-label", "zebra"]) == 2
+    assert "not class names" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
