@@ -656,7 +656,9 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
     sweep = load_sweep(args.file)
     executor = SWEEP_EXECUTORS[args.executor](args, sweep)
     try:
-        summary = run_sweep(sweep, args.db, executor, args.data_root, progress=not args.no_progress)
+        summary = run_sweep(
+            sweep, args.db, executor, args.data_root, not args.no_progress, args.seeds_per_job
+        )
     except KeyboardInterrupt:
         print("poisonclip: interrupted; finished trials are stored, rerun to complete", file=sys.stderr)
         raise SystemExit(130) from None
@@ -1014,6 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
     q.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
+    q.add_argument(
+        "--seeds-per-job",
+        type=int,
+        help="train this many seeds of one configuration together, as one computation (train_many: "
+        "stacked weights; pays on a GPU, where one toy model leaves the card idle). Default: all "
+        "seeds when training runs on a GPU, else 1 (on a CPU one single-thread worker a seed is as fast)",
+    )
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_sweep_run)
     q = sweep_sub.add_parser("status", help="done / running / remaining trials of an experiment file")

@@ -9,7 +9,7 @@ from poisonclip.detect import list_detectors
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import parse_sweep
 from poisonclip.experiments.store import ResultStore
-from poisonclip.experiments.sweep import TrialJob, run_trial
+from poisonclip.experiments.sweep import TrialJob, run_trials
 from poisonclip.report.defense_figures import _render_cleanclip_lr, _render_cost, _render_matrix, _render_roc
 
 DEFENSES = [
@@ -87,7 +87,7 @@ def stored_rows(tmp_path_factory):
             store.register_sweep(sweep)
             for trial in sweep.trials():
                 # One thread, as sweep workers run: on a busy CPU two threads made a tiny step 200× slower.
-                outcome = run_trial(TrialJob(trial, root / "r.sqlite", root / "data", threads=1))
+                [outcome] = run_trials(TrialJob((trial,), root / "r.sqlite", root / "data", threads=1))
                 assert outcome.error is None, outcome.error
     finally:
         torch.set_num_threads(threads)

@@ -20,8 +20,9 @@ from poisonclip.experiments.sweep import (
     LocalExecutor,
     SubmititExecutor,
     TrialJob,
+    group_trials,
     run_sweep,
-    run_trial,
+    run_trials,
     sweep_status,
 )
 
@@ -148,7 +149,7 @@ def test_run_trial_stores_every_cell_with_metrics_curves_and_versions(tmp_path):
     store = ResultStore(db)
     store.register_sweep(sweep)
     clean = next(t for t in sweep.trials() if len(t.cells) == 4)
-    outcome = run_trial(TrialJob(clean, db, tmp_path / "data"))
+    [outcome] = run_trials(TrialJob((clean,), db, tmp_path / "data"))
     assert outcome.error is None and outcome.seconds > 0
     rows = store.rows()
     assert {(r.config_hash, r.seed) for r in rows} == {(c.key, 0) for c in clean.cells}
@@ -168,7 +169,7 @@ def test_run_trial_stores_every_cell_with_metrics_curves_and_versions(tmp_path):
     assert by_eval["consistent"].curves["clean_pairs"] == by_eval["random"].curves["clean_pairs"]
     assert store.claims() == []
     # A second run of the same trial stores nothing twice, and never overwrites a stored row.
-    assert run_trial(TrialJob(clean, db, tmp_path / "data")).summary == "already stored"
+    assert run_trials(TrialJob((clean,), db, tmp_path / "data"))[0].summary == "already stored"
     store.add_trial(clean, [CellResult({"zscore": 99.0}, {})] * 4, 1.0, {})
     assert len(stored(db)) == 4 and all(r.metrics["zscore"] != 99.0 for r in store.rows())
     with sqlite3.connect(db) as conn:
@@ -182,7 +183,7 @@ def test_status_counts_done_running_and_remaining(tmp_path):
     assert sweep_status(sweep, db).remaining == 10  # no database yet: nothing done
     store = ResultStore(db)
     first, second, third = sweep.trials()[:3]
-    assert run_trial(TrialJob(first, db, tmp_path / "data")).error is None
+    assert run_trials(TrialJob((first,), db, tmp_path / "data"))[0].error is None
     store.claim(second, os.getpid())  # alive: this process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -190,6 +191,34 @@ def test_status_counts_done_running_and_remaining(tmp_path):
     status = sweep_status(sweep, db)
     assert (status.trials, status.done, status.running, status.remaining) == (10, 1, 1, 8)
     assert status.rows_done == len(first.cells) and status.rows_total == 24
+
+
+def test_seeds_trained_together_give_the_rows_of_separate_trials(tmp_path):
+    """A job of several seeds (train_many, one grouped computation) stores what one job a seed
+    stores, up to float rounding; the sweep counts and resumes per trial either way."""
+    sweep = tiny_sweep(SMALL.replace("[0, 5]", "[5]").replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    (trial_key,) = {t.train_key for t in sweep.trials()}
+    assert [len(g) for g in group_trials(sweep.trials(), 2)] == [2, 1]
+    assert all(len(g) == 1 for g in group_trials(sweep.trials(), 1))
+    with pytest.raises(UsageError, match="seeds-per-job"):
+        group_trials(sweep.trials(), 0)
+    executor = LocalExecutor(workers=1, threads=1)
+    separate, together = tmp_path / "separate.sqlite", tmp_path / "together.sqlite"
+    run_sweep(sweep, separate, executor, tmp_path / "data", progress=False, seeds_per_job=1)
+    summary = run_sweep(sweep, together, executor, tmp_path / "data", progress=False, seeds_per_job=3)
+    assert (summary.completed, summary.failed) == (3, [])
+    rows = {db: {r.seed: r.metrics for r in ResultStore(db).rows()} for db in (separate, together)}
+    assert sorted(rows[together]) == [0, 1, 2]
+    for seed, metrics in rows[separate].items():
+        grouped = rows[together][seed]
+        assert grouped["train_final_loss"] == pytest.approx(metrics["train_final_loss"], abs=1e-4)
+        for key in ("zero_shot_acc", "asr"):
+            assert grouped[key] == pytest.approx(metrics[key], abs=0.02)
+    assert {r.train_hash for r in ResultStore(together).rows()} == {trial_key}
+    assert (
+        run_sweep(sweep, together, executor, tmp_path / "data", progress=False, seeds_per_job=3).already_done
+        == 3
+    )
 
 
 def test_local_executor_defaults_fit_the_cores():

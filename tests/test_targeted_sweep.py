@@ -61,12 +61,14 @@ def test_targeted_grid_shares_the_clean_model_and_keeps_evaluation_settings_apar
     assert (params.captions, params.noise_std, params.perturb_captions) == ("search", 1.0, False)
 
 
-def test_shipped_fig2_left_matches_fig4_data_and_training():
-    root = Path(__file__).parents[1] / "experiments"
-    fig2, fig4 = load_sweep(root / "fig2_left.toml"), load_sweep(root / "fig4.toml")
-    assert fig2.cells[0].data == fig4.cells[0].data  # one data cache for both
-    assert fig2.cells[0].train == fig4.cells[0].train
-    assert sorted(c.params.poisons_per_target for c in fig2.cells) == [0, 1, 3, 8]
+def test_shipped_fig2_left_is_the_demo_setting():
+    from poisonclip.data.synthetic import SyntheticConfig
+    from poisonclip.train.config import load_preset
+
+    fig2 = load_sweep(Path(__file__).parents[1] / "experiments" / "fig2_left.toml")
+    assert fig2.cells[0].data == SyntheticConfig()  # the demo's data (20,000 pairs)
+    assert fig2.cells[0].train == load_preset("demo")  # and its model and recipe
+    assert sorted(c.params.poisons_per_target for c in fig2.cells) == [0, 1, 4, 16]
     assert {c.params.num_targets for c in fig2.cells} == {8} and len(fig2.trials()) == 12
 
 

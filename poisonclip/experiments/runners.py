@@ -9,6 +9,10 @@ attack adds one dataclass and one decorated function to this file::
 
     @register_runner("myattack", MyAttackParams)
     def run_myattack_trial(trial, train, test, classnames) -> list[CellResult]: ...
+
+An attack whose trial trains exactly one model registers the parts before and after training
+instead (``register_one_model_runner``), so that a sweep can train the models of several seeds in
+one computation (``train_many``; on a GPU, ``poisonclip sweep run --seeds-per-job``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from poisonclip.experiments.targeted_trial import (
 )
 from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
 from poisonclip.registry import Registry
+from poisonclip.train.config import TrainConfig
+from poisonclip.train.loop import TrainStats
 
 if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
@@ -55,10 +61,20 @@ class CellResult:
 
 
 @dataclass(frozen=True)
+class OneModel:
+    """A trial that trains one model: its training set and recipe, and what to do with the model."""
+
+    dataset: ImageTextDataset
+    config: TrainConfig
+    finish: Callable[[torch.nn.Module, dict, TrainStats], list[CellResult]]  # (model, config, stats)
+
+
+@dataclass(frozen=True)
 class Runner:
     name: str
     params: type  # frozen dataclass with training_params() and check(data)
     run: Callable[[Trial, ImageTextDataset, ImageTextDataset, list[str]], list[CellResult]]
+    prepare: Callable[[Trial, ImageTextDataset, ImageTextDataset, list[str]], OneModel] | None = None
 
 
 _RUNNERS: Registry[Runner] = Registry("sweep attack")
@@ -70,6 +86,21 @@ def register_runner(name: str, params: type) -> Callable[[Callable], Callable]:
     def decorator(fn: Callable) -> Callable:
         _RUNNERS.add(name, Runner(name, params, fn))
         return fn
+
+    return decorator
+
+
+def register_one_model_runner(name: str, params: type) -> Callable[[Callable], Callable]:
+    """Register ``prepare(trial, train, test, classnames) -> OneModel``; its ``run`` trains the model
+    with ``train_model`` and finishes it."""
+
+    def decorator(prepare: Callable) -> Callable:
+        def run(trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]):
+            job = prepare(trial, train, test, classnames)
+            return job.finish(*train_model(job.dataset, job.config, progress=False))
+
+        _RUNNERS.add(name, Runner(name, params, run, prepare))
+        return prepare
 
     return decorator
 
@@ -112,12 +143,12 @@ class BackdoorParams:
             raise UsageError(f"poison_count {self.poison_count} exceeds num_train {data.num_train}")
 
 
-@register_runner("backdoor", BackdoorParams)
-def run_backdoor_trial(
+@register_one_model_runner("backdoor", BackdoorParams)
+def prepare_backdoor_trial(
     trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
-) -> list[CellResult]:
-    """Add the trial's poisons to ``train`` (none for 0 poisons), train one model with the trial's
-    seed, and evaluate it once per cell (its target, patch size and evaluation placement)."""
+) -> OneModel:
+    """Add the trial's poisons to ``train`` (none for 0 poisons); the model trained with the trial's
+    seed is evaluated once per cell (its target, patch size and evaluation placement)."""
     first = trial.cells[0]  # all cells share training_params(), hence the same poisons
     params = first.params
     dataset = train
@@ -126,26 +157,29 @@ def run_backdoor_trial(
             train, params.target_label, params.poison_count, params.patch_size, params.placement, trial.seed
         )
         dataset = ImageTextDataset.concat([train, poisons.samples])
-    model, model_config, stats = train_model(dataset, first.train.replace(seed=trial.seed), progress=False)
-    sizes = {
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "num_params_visual": sum(p.numel() for p in model.visual.parameters()),
-    }
-    results = []
-    for cell in trial.cells:
-        p = cell.params
-        metrics, evaluation = evaluate_trained_backdoor(
-            model, model_config, stats, test, classnames,
-            p.target_label, p.patch_size, p.eval_placement, trial.seed,
-        )  # fmt: skip
-        metrics.update(
-            sizes,
-            num_train_pairs=len(dataset),
-            poison_rate=params.poison_count / len(dataset),
-            patch_area_fraction=patch_area_fraction(p.patch_size, test.images.shape[-1]),
-        )
-        results.append(CellResult(metrics, similarity_curves(evaluation)))
-    return results
+
+    def finish(model: torch.nn.Module, model_config: dict, stats: TrainStats) -> list[CellResult]:
+        sizes = {
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "num_params_visual": sum(p.numel() for p in model.visual.parameters()),
+        }
+        results = []
+        for cell in trial.cells:
+            p = cell.params
+            metrics, evaluation = evaluate_trained_backdoor(
+                model, model_config, stats, test, classnames,
+                p.target_label, p.patch_size, p.eval_placement, trial.seed,
+            )  # fmt: skip
+            metrics.update(
+                sizes,
+                num_train_pairs=len(dataset),
+                poison_rate=params.poison_count / len(dataset),
+                patch_area_fraction=patch_area_fraction(p.patch_size, test.images.shape[-1]),
+            )
+            results.append(CellResult(metrics, similarity_curves(evaluation)))
+        return results
+
+    return OneModel(dataset, first.train.replace(seed=trial.seed), finish)
 
 
 def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:
@@ -212,13 +246,13 @@ class TargetedParams:
             )
 
 
-@register_runner("targeted", TargetedParams)
-def run_targeted_trial(
+@register_one_model_runner("targeted", TargetedParams)
+def prepare_targeted_trial(
     trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
-) -> list[CellResult]:
-    """Draw the trial's K targets by its seed from the evaluation half of ``test``, add their
-    poisons to ``train`` (none for 0 per target), train one model with the trial's seed, and score
-    the K attacks once per cell (zero-shot prompts; on a clean model also the number of targets)."""
+) -> OneModel:
+    """Draw the trial's K targets by its seed from the evaluation half of ``test`` and add their
+    poisons to ``train`` (none for 0 per target); the model trained with the trial's seed scores the
+    K attacks once per cell (zero-shot prompts; on a clean model also the number of targets)."""
 
     def poisoning_of(p: TargetedParams) -> TargetedPoisoning:
         return poison_targets(
@@ -228,24 +262,27 @@ def run_targeted_trial(
 
     first = trial.cells[0]
     poisoning = poisoning_of(first.params)
-    model, model_config, stats = train_model(
-        poisoning.dataset, first.train.replace(seed=trial.seed), progress=False
-    )
-    results = []
-    for cell in trial.cells:
-        p = cell.params
-        # Cells of a poisoned model share its poisons. On a clean model the number of targets is
-        # evaluation-only, so a cell with another K draws its own targets (no poisons to build).
-        cell_poisoning = poisoning if p.num_targets == first.params.num_targets else poisoning_of(p)
-        metrics, evaluation = evaluate_trained_targeted(
-            model, model_config, stats, cell_poisoning, test, classnames, p.eval_templates
-        )
-        metrics.update(
-            num_train_pairs=len(cell_poisoning.dataset),
-            # one target's poisons as a share of the training set: the paper's rate (3 of 3M)
-            target_poison_rate=p.poisons_per_target / len(cell_poisoning.dataset),
-            num_classes=len(classnames),  # the figure's reference rate 1/(classes − 1)
-        )
-        ranks = {key: [row[key] for row in evaluation.per_target] for key in ("zero_shot_rank", "probe_rank")}
-        results.append(CellResult(metrics, ranks))
-    return results
+
+    def finish(model: torch.nn.Module, model_config: dict, stats: TrainStats) -> list[CellResult]:
+        results = []
+        for cell in trial.cells:
+            p = cell.params
+            # Cells of a poisoned model share its poisons. On a clean model the number of targets is
+            # evaluation-only, so a cell with another K draws its own targets (no poisons to build).
+            cell_poisoning = poisoning if p.num_targets == first.params.num_targets else poisoning_of(p)
+            metrics, evaluation = evaluate_trained_targeted(
+                model, model_config, stats, cell_poisoning, test, classnames, p.eval_templates
+            )
+            metrics.update(
+                num_train_pairs=len(cell_poisoning.dataset),
+                # one target's poisons as a share of the training set: the paper's rate (3 of 3M)
+                target_poison_rate=p.poisons_per_target / len(cell_poisoning.dataset),
+                num_classes=len(classnames),  # the figure's reference rate 1/(classes − 1)
+            )
+            ranks = {
+                key: [row[key] for row in evaluation.per_target] for key in ("zero_shot_rank", "probe_rank")
+            }
+            results.append(CellResult(metrics, ranks))
+        return results
+
+    return OneModel(poisoning.dataset, first.train.replace(seed=trial.seed), finish)

@@ -9,8 +9,11 @@ Executors:
   ``local``/``debug`` executors). The database and data cache must be on a file system the jobs
   can reach.
 
-Each trial runs ``run_trial`` in its worker, which writes its own rows in one transaction; a sweep
-killed at any moment and run again completes exactly the missing trials. Local workers die with
+A job is one trial, or several seeds of one model configuration (``seeds_per_job``): their models
+train as one computation (``train_many``: stacked weights on a GPU, where one toy model leaves the
+card idle; on a CPU a job a seed is as fast). ``run_trials`` runs a job in its worker and writes
+each trial's rows in one transaction; a sweep killed at any moment and run again completes exactly
+the missing trials. Local workers die with
 the sweep process (even by SIGKILL), so nothing keeps training behind a killed sweep.
 """
 
@@ -42,6 +45,8 @@ from poisonclip.experiments.demo import prepare_data
 from poisonclip.experiments.grid import Sweep, Trial, config_hash
 from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
+from poisonclip.train.loop import resolve_device
+from poisonclip.train.many import train_many
 from poisonclip.train.parallel import available_cores
 
 # Shown in the progress bar after each trial, where the attack reports them: (metric, short name).
@@ -51,9 +56,9 @@ SUMMARY_METRICS = (("zscore", "z"), ("asr", "asr"), ("zero_shot_success_rate", "
 
 @dataclass(frozen=True)
 class TrialJob:
-    """Everything a worker needs for one trial (picklable: it crosses process boundaries)."""
+    """Everything a worker needs for its trials (picklable: it crosses process boundaries)."""
 
-    trial: Trial
+    trials: tuple[Trial, ...]  # one, or seeds of one model configuration (trained together)
     db: Path
     data_root: Path
     threads: int | None = None  # torch intra-op threads in the worker; None = torch's default
@@ -93,31 +98,69 @@ def load_synthetic(
     )
 
 
-def run_trial(job: TrialJob) -> TrialOutcome:
-    """Train and evaluate one trial and store its rows (in the worker process)."""
+def run_trials(job: TrialJob) -> list[TrialOutcome]:
+    """Train and evaluate the job's trials and store each one's rows (in the worker process)."""
     if job.threads is not None:
         torch.set_num_threads(job.threads)
-    store, trial = ResultStore(job.db), job.trial
-    if store.is_done(trial):  # e.g. finished by a concurrent run since this one started
-        return TrialOutcome(trial.label, 0.0, "already stored")
-    store.claim(trial, os.getpid())
+    store = ResultStore(job.db)
+    # e.g. finished by a concurrent run since this one started
+    outcomes = [TrialOutcome(t.label, 0.0, "already stored") for t in job.trials if store.is_done(t)]
+    trials = [t for t in job.trials if not store.is_done(t)]
+    if not trials:
+        return outcomes
+    for trial in trials:
+        store.claim(trial, os.getpid())
     start = time.perf_counter()
     try:
-        train, test, classnames = load_synthetic(job.data_root, trial.cells[0].data)
-        results = get_runner(trial.attack).run(trial, train, test, classnames)
-        seconds = time.perf_counter() - start
-        store.add_trial(trial, results, seconds, package_versions())
+        train, test, classnames = load_synthetic(job.data_root, trials[0].cells[0].data)
+        runner = get_runner(trials[0].attack)
+        if len(trials) == 1 or runner.prepare is None:
+            results = [runner.run(trial, train, test, classnames) for trial in trials]
+        else:
+            jobs = [runner.prepare(trial, train, test, classnames) for trial in trials]
+            trained = train_many([j.dataset for j in jobs], [j.config for j in jobs], workers=1)
+            results = [j.finish(*model) for j, model in zip(jobs, trained, strict=True)]
+        seconds = (time.perf_counter() - start) / len(trials)  # the job's time, shared
+        for trial, rows in zip(trials, results, strict=True):
+            store.add_trial(trial, rows, seconds, package_versions())
     except Exception:
-        store.release(trial)
-        return TrialOutcome(trial.label, time.perf_counter() - start, error=traceback.format_exc())
-    headline = results[0].metrics
-    summary = " ".join(f"{short}={headline[key]:.2f}" for key, short in SUMMARY_METRICS if key in headline)
-    return TrialOutcome(trial.label, seconds, summary)
+        for trial in trials:
+            store.release(trial)  # rows already stored stay (is_done), the others are redone
+        error = traceback.format_exc()
+        return outcomes + [TrialOutcome(t.label, time.perf_counter() - start, error=error) for t in trials]
+    for trial, rows in zip(trials, results, strict=True):
+        headline = rows[0].metrics
+        summary = " ".join(
+            f"{short}={headline[key]:.2f}" for key, short in SUMMARY_METRICS if key in headline
+        )
+        outcomes.append(TrialOutcome(trial.label, seconds, summary))
+    return outcomes
+
+
+def group_trials(trials: Sequence[Trial], seeds_per_job: int) -> list[tuple[Trial, ...]]:
+    """``trials`` as jobs: runs of up to ``seeds_per_job`` trials of one model configuration
+    (``train_key``) in order; 1 = a job a trial."""
+    if seeds_per_job < 1:
+        raise UsageError(f"--seeds-per-job must be at least 1, got {seeds_per_job}")
+    by_model: dict[str, list[Trial]] = {}
+    for trial in trials:
+        by_model.setdefault(trial.train_key, []).append(trial)
+    return [
+        tuple(group[i : i + seeds_per_job])
+        for group in by_model.values()
+        for i in range(0, len(group), seeds_per_job)
+    ]
+
+
+def default_seeds_per_job(sweep: Sweep) -> int:
+    """All seeds of a configuration in one job where training runs on a GPU, else one."""
+    on_gpu = any(resolve_device(cell.train.device).type == "cuda" for cell in sweep.cells)
+    return len(sweep.seeds) if on_gpu else 1
 
 
 class Executor(Protocol):
-    def run(self, jobs: Sequence[TrialJob]) -> Iterator[TrialOutcome]:
-        """Run ``jobs``, yielding each outcome as it finishes (in any order)."""
+    def run(self, jobs: Sequence[TrialJob]) -> Iterator[list[TrialOutcome]]:
+        """Run ``jobs``, yielding each job's outcomes as it finishes (in any order)."""
         ...
 
 
@@ -137,7 +180,7 @@ class LocalExecutor:
             raise UsageError(f"--workers must be between 1 and the {cores} cores available, got {workers}")
         return LocalExecutor(workers, cores // workers)
 
-    def run(self, jobs: Sequence[TrialJob]) -> Iterator[TrialOutcome]:
+    def run(self, jobs: Sequence[TrialJob]) -> Iterator[list[TrialOutcome]]:
         if not jobs:
             return
         workers = min(self.workers, len(jobs))  # fewer jobs than workers: more threads each
@@ -146,7 +189,7 @@ class LocalExecutor:
         if workers == 1:  # in this process: saves starting another (and importing torch there)
             previous = torch.get_num_threads()
             try:
-                yield from map(run_trial, jobs)
+                yield from map(run_trials, jobs)
             finally:
                 torch.set_num_threads(previous)
             return
@@ -154,7 +197,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("spawn")
         pool = context.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
         try:
-            yield from pool.imap_unordered(run_trial, jobs, chunksize=1)
+            yield from pool.imap_unordered(run_trials, jobs, chunksize=1)
             pool.close()
         finally:  # done, Ctrl-C or an exception: end the workers at once, then reap them
             pool.terminate()
@@ -210,20 +253,26 @@ class SubmititExecutor:
             raise UsageError(f"[slurm] parameters: {str(err).splitlines()[0]}") from err
         return executor
 
-    def run(self, jobs: Sequence[TrialJob]) -> Iterator[TrialOutcome]:
+    def run(self, jobs: Sequence[TrialJob]) -> Iterator[list[TrialOutcome]]:
         if not jobs:
             return
         import submitit
 
         threads = dict(self.parameters).get("cpus_per_task")
         jobs = [dataclasses.replace(job, threads=threads) for job in jobs]
-        submitted = self._executor().map_array(run_trial, jobs)
-        labels = {job.job_id: trial_job.trial.label for job, trial_job in zip(submitted, jobs, strict=True)}
+        submitted = self._executor().map_array(run_trials, jobs)
+        labels = {
+            job.job_id: [t.label for t in trial_job.trials]
+            for job, trial_job in zip(submitted, jobs, strict=True)
+        }
         for job in submitit.helpers.as_completed(submitted, poll_frequency=self.poll_seconds):
             try:
                 yield job.result()
             except Exception as err:  # the job itself died: time limit, node failure, memory
-                yield TrialOutcome(labels[job.job_id], 0.0, error=f"submitit job {job.job_id}: {err}")
+                yield [
+                    TrialOutcome(label, 0.0, error=f"submitit job {job.job_id}: {err}")
+                    for label in labels[job.job_id]
+                ]
 
 
 @dataclass(frozen=True)
@@ -240,9 +289,11 @@ def run_sweep(
     executor: Executor,
     data_root: str | Path | None = None,
     progress: bool = True,
+    seeds_per_job: int | None = None,
 ) -> SweepSummary:
     """Run every trial of ``sweep`` whose rows are not all in ``db``. ``data_root`` caches the
-    synthetic datasets (default: ``data/`` beside the database)."""
+    synthetic datasets (default: ``data/`` beside the database); ``seeds_per_job`` trains that many
+    seeds of a configuration together (default: ``default_seeds_per_job``)."""
     db = Path(db)
     data_root = Path(data_root) if data_root is not None else db.parent / "data"
     store = ResultStore(db)
@@ -253,19 +304,22 @@ def run_sweep(
     for config in {t.cells[0].data: None for t in pending}:  # once, here: workers then only read
         prepare_data(data_dir(data_root, config), config)
 
-    jobs = [TrialJob(t, db, data_root) for t in pending]
+    if seeds_per_job is None:
+        seeds_per_job = default_seeds_per_job(sweep)
+    jobs = [TrialJob(group, db, data_root) for group in group_trials(pending, seeds_per_job)]
     bar = tqdm(total=len(trials), initial=len(trials) - len(pending), desc=sweep.name, unit="trial",
                disable=not progress)  # fmt: skip
     failed, completed = [], 0
     with bar:
-        for outcome in executor.run(jobs):
-            bar.update()
-            if outcome.error:
-                failed.append(outcome)
-                bar.write(f"trial {outcome.label} failed:\n{outcome.error}")
-            else:
-                completed += 1
-                bar.set_postfix_str(f"{outcome.summary} ({outcome.seconds:.0f} s)")
+        for outcomes in executor.run(jobs):
+            for outcome in outcomes:
+                bar.update()
+                if outcome.error:
+                    failed.append(outcome)
+                    bar.write(f"trial {outcome.label} failed:\n{outcome.error}")
+                else:
+                    completed += 1
+                    bar.set_postfix_str(f"{outcome.summary} ({outcome.seconds:.0f} s)")
     return SweepSummary(len(trials), len(trials) - len(pending), completed, failed)
 
 
