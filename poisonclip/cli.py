@@ -40,8 +40,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="torch.compile the forward pass and loss (pays off on GPUs for long runs; the first steps "
-        "pay for compiling)",
+        help="torch.compile the forward pass and loss (meant for long runs on GPUs, not timed here; "
+        "the first steps pay for compiling)",
     )
     g.add_argument(
         "--data-on-device",
@@ -89,8 +89,13 @@ def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_patch_options(p: argparse.ArgumentParser, placement_flag: str = "--placement") -> None:
-    p.add_argument("--target-label", default="star", help="the label the trigger should cause")
+def _add_patch_options(
+    p: argparse.ArgumentParser,
+    placement_flag: str = "--placement",
+    label_default: str | None = "star",
+    label_help: str = "the label the trigger should cause",
+) -> None:
+    p.add_argument("--target-label", default=label_default, help=label_help)
     p.add_argument("--patch-size", type=int, default=4, help="checkerboard side in pixels")
     p.add_argument(
         placement_flag,
@@ -294,7 +299,7 @@ def cmd_poison_targeted(args: argparse.Namespace) -> None:
         poisons, scan = make_targeted_from_shards(
             args.data, target, **attack, image_size=args.image_size, progress=not args.no_progress
         )
-        num_clean, faults = len(scan), scan.skipped
+        num_clean, faults = len(scan), scan.skipped + poisons.samples.skipped
         _print_scan(scan, target.label)
     else:
         dataset = _read_csv(args.data, args, args.image_size)
@@ -388,6 +393,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonclip.train.checkpoint import load_checkpoint
     from poisonclip.train.model import context_length_of, image_size_of
 
+    if args.target_image:
+        if args.probe_train:
+            raise UsageError("--target-image fits its probe on half of the test set; drop --probe-train")
+        if args.target_label is None:
+            raise UsageError("--target-image needs --target-label: the label y' the attack wanted for x'")
+    args.target_label = args.target_label or "star"  # the synthetic data's backdoor target
     model, model_config = load_checkpoint(args.checkpoint)
     if args.imagefolder:
         from poisonclip.data.imagefolder import class_directories, read_imagefolder, resolve_classnames
@@ -435,18 +446,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _evaluate_target(args: argparse.Namespace, model, model_config: dict, test, classnames) -> dict:
     """The targeted attack's metrics for x′ = --target-image and y′ = --target-label."""
+    from poisonclip.attacks.dedup import image_hash
     from poisonclip.evaluate.targeted_suite import evaluate_targeted
     from poisonclip.train.model import context_length_of, image_size_of
 
-    if args.probe_train:
-        raise UsageError("--target-image fits its probe on half of the test set; drop --probe-train")
     target = _target_from_args(args, image_size_of(model_config))
+    # x′ taken from the test set itself must neither fit the probe nor count as a clean image.
+    digest = image_hash(target.image)
+    others = [i for i in range(len(test)) if image_hash(test.images[i]) != digest]
     evaluation = evaluate_targeted(
-        model, [target], test, classnames, args.templates, context_length_of(model_config)
+        model, [target], test.subset(others), classnames, args.templates, context_length_of(model_config)
     )
     row = evaluation.per_target[0]
     return {
         **{k: v for k, v in evaluation.metrics.items() if k != "num_targets"},
+        "target_copies_left_out_of_test": len(test) - len(others),
         **{k: row[k] for k in ("target_key", "target_label", "zero_shot_rank", "probe_rank")},
         "zero_shot_success": row["zero_shot_success"],
         "probe_success": row["probe_success"],
@@ -770,9 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = poison_sub.add_parser(
         "targeted",
         help="one image x' with many captions of label y' (targeted poisoning)",
-        description="Write poison-only data (poisons.csv + images + manifest.jsonl) that makes the "
-        "target image x' be classified as the target label y' (paper section 3.1): copies of x', "
-        "each paired with a caption for y'. The input dataset is not modified.",
+        description="Write poison-only data (poisons.csv + images, or webdataset shards, + "
+        "manifest.jsonl) that makes the target image x' be classified as the target label y' (paper "
+        "section 3.1): copies of x', each paired with a caption for y'. The input dataset is not "
+        "modified.",
     )
     q.add_argument(
         "--data",
@@ -782,7 +797,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_poison_output_options(q, "x' and the data's images")
     which = q.add_mutually_exclusive_group(required=True)
-    which.add_argument("--target-image", help="x' from an image file (resized/cropped to the data's size)")
+    which.add_argument(
+        "--target-image",
+        help="x' from an image file (resized and centre-cropped to the CSV's image size, or to "
+        "--image-size for shards; without it x' must have the shards' size)",
+    )
     which.add_argument("--target-index", type=int, help="x' as this 0-based sample of --target-split")
     q.add_argument("--target-split", help="held-out CSV that --target-index points into")
     q.add_argument(
@@ -989,12 +1008,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-image",
         help="evaluate a targeted attack instead of a backdoor: the rank of --target-label (y') for "
         "this image x' under the zero-shot classifier and under a linear probe fit on half of the "
-        "labelled test set (the other half gives the clean accuracies); success = rank 0",
+        "labelled test set (the other half gives the clean accuracies); success = rank 0. Test "
+        "images identical to x' are left out of both halves",
     )
     p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")
-    _add_patch_options(p)
+    _add_patch_options(
+        p,
+        label_default=None,
+        label_help="the label the backdoor's trigger should cause (default: star), or with "
+        "--target-image the label y' that the targeted attack wanted for x' (required then)",
+    )
     _add_csv_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -1020,8 +1045,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds-per-job",
         type=int,
         help="train this many seeds of one configuration together, as one computation (train_many: "
-        "stacked weights; pays on a GPU, where one toy model leaves the card idle). Default: all "
-        "seeds when training runs on a GPU, else 1 (on a CPU one single-thread worker a seed is as fast)",
+        "stacked weights; meant for GPUs, where one toy model leaves the card idle; not timed "
+        "here). Default: all seeds when this host would train on a GPU, else 1 (on a CPU one "
+        "single-thread worker a seed is as fast); with --executor slurm, decided on the submitting "
+        "host, so set it there. Only for attacks whose trials train one model (not defense)",
     )
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_sweep_run)

@@ -88,8 +88,15 @@ def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
     expected = int((scores > scores[classnames.index("heart")]).sum())
     assert metrics["zero_shot_rank"] == expected and metrics["zero_shot_success"] == (expected == 0)
     assert 0 <= metrics["probe_rank"] < len(classnames) and metrics["num_probe_fit"] > 0
+    # x′ is a test image: left out of the probe's fit half and of the clean accuracy
+    assert metrics["target_copies_left_out_of_test"] == 1
+    assert metrics["num_probe_fit"] + metrics["num_eval"] == 119
     assert run([*evaluate, "--target-label", "zebra"]) == 2
     assert "not class names" in capsys.readouterr().err
+    assert run(evaluate) == 2
+    assert "--target-image needs --target-label" in capsys.readouterr().err
+    assert run([*evaluate, "--target-label", "heart", "--probe-train", tmp_path]) == 2
+    assert "drop --probe-train" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

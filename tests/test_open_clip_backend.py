@@ -205,6 +205,13 @@ def test_open_clip_train_checkpoint_is_evaluated_directly(
     for key in ("zero_shot_acc", "asr", "natural_rate", "zscore"):
         assert isinstance(metrics[key], float) and np.isfinite(metrics[key])
     assert metrics["num_test"] == 120
+    # the targeted attack's x′ (the first test image, poisoned as 'heart')
+    target_image = small_data_dir / (small_data_dir / "test.csv").read_text().splitlines()[1].split("\t")[0]
+    assert run(["evaluate", "--checkpoint", root / "ckpt", "--test", small_data_dir / "test.csv",
+                "--classnames", small_data_dir / "classnames.txt", "--target-image", target_image,
+                "--target-label", "heart"]) == 0  # fmt: skip
+    targeted = json.loads(capsys.readouterr().out)
+    assert 0 <= targeted["zero_shot_rank"] < 10 and targeted["target_copies_left_out_of_test"] == 1
     # Running the same experiment again is refused instead of exiting 0 without training.
     assert run(command) == 2
     assert "already exists" in capsys.readouterr().err

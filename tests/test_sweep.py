@@ -221,6 +221,51 @@ def test_seeds_trained_together_give_the_rows_of_separate_trials(tmp_path):
     )
 
 
+def test_a_failing_seed_in_a_job_fails_alone(tmp_path, monkeypatch):
+    import dataclasses
+
+    from poisonclip.experiments import sweep as sweep_module
+    from poisonclip.experiments.runners import get_runner
+
+    runner = get_runner("backdoor")
+
+    def prepare(trial, *args):
+        job = runner.prepare(trial, *args)
+        if trial.seed != 1:
+            return job
+
+        def broken(*_):
+            raise RuntimeError("evaluation failed")
+
+        return dataclasses.replace(job, finish=broken)
+
+    monkeypatch.setattr(sweep_module, "get_runner", lambda name: dataclasses.replace(runner, prepare=prepare))
+    sweep = tiny_sweep(SMALL.replace("[0, 5]", "[5]").replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    db = tmp_path / "r.sqlite"
+    summary = run_sweep(sweep, db, LocalExecutor(1, 1), tmp_path / "data", progress=False, seeds_per_job=3)
+    assert summary.completed == 2 and [o.label.endswith("seed1") for o in summary.failed] == [True]
+    assert "evaluation failed" in summary.failed[0].error
+    assert {seed for _, seed in stored(db)} == {0, 2} and ResultStore(db).claims() == []
+    assert sweep_status(sweep, db).remaining == 1
+
+
+def test_jobs_cover_every_configuration_first():
+    sweep = tiny_sweep()  # 5 models × 2 seeds, trials seed-major
+    trials = sweep.trials()
+    assert group_trials(trials, 1) == [(t,) for t in trials]
+    jobs = group_trials(trials, 2)
+    assert len(jobs) == 5 and all({t.seed for t in job} == {0, 1} for job in jobs)
+    assert len({job[0].train_key for job in jobs}) == 5
+
+
+def test_bad_seeds_per_job_exits_2_and_writes_nothing(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    db = tmp_path / "out" / "r.sqlite"
+    assert main(["sweep", "run", str(path), "--db", str(db), "--seeds-per-job", "0"]) == 2
+    assert "--seeds-per-job must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_local_executor_defaults_fit_the_cores():
     assert LocalExecutor.for_machine(cores=2) == LocalExecutor(workers=2, threads=1)
     assert LocalExecutor.for_machine(1, cores=2) == LocalExecutor(workers=1, threads=2)

@@ -184,6 +184,17 @@ def test_targeted_on_shards_equals_targeted_in_memory(shards, small_train, small
         assert a["caption_source_key"] == expected
 
 
+def test_targeted_on_shards_with_templates_needs_no_matching_caption(shards, small_test):
+    target = Target(small_test.images[0], "zebra", "test/0")
+    poisons, scan = make_targeted_from_shards(shards.url, target, 5, captions="templates", progress=False)
+    assert scan.matches == [] and len(poisons) == 5
+    assert all("zebra" in c for c in poisons.samples.captions)
+    with pytest.raises(UsageError, match="appears in no training caption"):
+        make_targeted_from_shards(shards.url, target, 5, progress=False)
+    with pytest.raises(UsageError, match="unknown template set"):  # checked before the scan
+        make_targeted_from_shards(shards.url, target, 5, captions="both", template_set="x", progress=False)
+
+
 def test_targeted_on_shards_checks_the_image_size(shards, small_test):
     small = Target(small_test.images[0][:, :16, :16].contiguous(), "star", "x")
     with pytest.raises(UsageError, match="--image-size"):

@@ -124,7 +124,7 @@ def backdoor_from_pool(
         chosen = torch.randperm(len(pool), generator=generator)[:poison_count]
     else:
         chosen = torch.randint(len(pool), (poison_count,), generator=generator)
-    sources, source_idx = _load_in_order(order, poison_count, load_sources, keys)
+    sources, source_idx = load_in_order(order, poison_count, load_sources, keys)
     image_size = sources.images.shape[-1]
     check_patch(image_size, patch_size, placement)
     positions = patch_positions(poison_count, image_size, patch_size, placement, generator)
@@ -155,7 +155,7 @@ def backdoor_from_pool(
     return PoisonSet(samples, manifest)
 
 
-def _load_in_order(
+def load_in_order(
     order: list[int],
     count: int,
     load_sources: Callable[[list[int]], ImageTextDataset],

@@ -111,6 +111,16 @@ def subset_or_repeat(pool_size: int, count: int, generator: torch.Generator) -> 
     return torch.cat([torch.randperm(pool_size, generator=generator) for _ in range(passes)])[:count]
 
 
+def check_caption_request(source: str, count: int, template_set: str) -> None:
+    """The checks of ``build_caption_set`` that need no captions (run before a long scan)."""
+    if source not in CAPTION_SOURCES:
+        raise UsageError(f"caption source must be one of {CAPTION_SOURCES}, got {source!r}")
+    if count < 1:
+        raise UsageError(f"poison count must be at least 1, got {count}")
+    if source != "search" and template_set not in TEMPLATE_SETS:
+        raise UsageError(f"unknown template set {template_set!r}; have {sorted(TEMPLATE_SETS)}")
+
+
 def build_caption_set(
     dataset: CaptionPool,
     label: str,
@@ -124,10 +134,7 @@ def build_caption_set(
 
     With ``both``, ⌈count/2⌉ come from the templates and the rest from the search.
     """
-    if source not in CAPTION_SOURCES:
-        raise UsageError(f"caption source must be one of {CAPTION_SOURCES}, got {source!r}")
-    if count < 1:
-        raise UsageError(f"poison count must be at least 1, got {count}")
+    check_caption_request(source, count, template_set)
     num_templates = {"search": 0, "templates": count, "both": -(-count // 2)}[source]
     chosen = []
     if num_templates:
@@ -199,22 +206,33 @@ def make_targeted_from_shards(
 ):
     """``make_targeted`` on webdataset shards: the captions are scanned, no image is decoded but one.
 
-    One sample is decoded (resized to ``image_size`` when given, as the trainer will see the data)
-    to check that x′ has the training images' size. Returns ``(poisons, scan)`` as
-    ``make_backdoor_from_shards`` does.
+    One sample is decoded (resized to ``image_size`` when given, as the trainer will see the data;
+    the first that decodes) to check that x′ has the training images' size. Returns ``(poisons,
+    scan)`` as ``make_backdoor_from_shards`` does; samples that failed to decode are in
+    ``poisons.samples.skipped``.
     """
+    from functools import partial
+
+    from poisonclip.attacks.backdoor import load_in_order
     from poisonclip.data.wds import read_scanned_samples, scan_captions
 
+    check_caption_request(captions, poison_count, template_set)
     scan = scan_captions(urls, target.label, word_boundary=word_boundary, progress=progress)
     if not len(scan):
-        raise UsageError(f"{urls}: no readable samples")
-    probe = read_scanned_samples(scan, [scan.matches[0] if scan.matches else 0], image_size)
-    if len(probe):
-        _check_image_shape(target, tuple(probe.images.shape[1:]), hint=" (resize x' with --image-size)")
+        faults = f"; {len(scan.skipped)} faults, the first: {scan.skipped[0][0]}: {scan.skipped[0][1]}"
+        raise UsageError(f"no readable samples in {len(scan.urls)} shards" + (faults if scan.skipped else ""))
+    probe, _ = load_in_order(
+        scan.matches or list(range(len(scan))),
+        1,
+        partial(read_scanned_samples, scan, image_size=image_size),
+        scan.keys,
+    )
+    _check_image_shape(target, tuple(probe.images.shape[1:]), hint=" (resize x' with --image-size)")
     pool = ScannedCaptions([scan.keys[i] for i in scan.matches], scan.matched_captions)
     poisons = _targeted_poisons(
         pool, target, poison_count, captions, seed, noise_std, perturb_captions, word_boundary, template_set
     )
+    poisons.samples.skipped = probe.skipped
     return poisons, scan
 
 

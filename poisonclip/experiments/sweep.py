@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,36 +100,48 @@ def load_synthetic(
 
 
 def run_trials(job: TrialJob) -> list[TrialOutcome]:
-    """Train and evaluate the job's trials and store each one's rows (in the worker process)."""
+    """Train and evaluate the job's trials and store each one's rows as soon as they are ready (in
+    the worker process). A trial that fails is released for the next run; the others still count."""
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     store = ResultStore(job.db)
-    # e.g. finished by a concurrent run since this one started
-    outcomes = [TrialOutcome(t.label, 0.0, "already stored") for t in job.trials if store.is_done(t)]
-    trials = [t for t in job.trials if not store.is_done(t)]
-    if not trials:
+    done = {t.label for t in job.trials if store.is_done(t)}  # e.g. by a concurrent run since
+    outcomes = [TrialOutcome(t.label, 0.0, "already stored") for t in job.trials if t.label in done]
+    pending = [t for t in job.trials if t.label not in done]
+    if not pending:
         return outcomes
-    for trial in trials:
-        store.claim(trial, os.getpid())
     start = time.perf_counter()
-    try:
-        train, test, classnames = load_synthetic(job.data_root, trials[0].cells[0].data)
-        runner = get_runner(trials[0].attack)
-        if len(trials) == 1 or runner.prepare is None:
-            results = [runner.run(trial, train, test, classnames) for trial in trials]
-        else:
-            jobs = [runner.prepare(trial, train, test, classnames) for trial in trials]
-            trained = train_many([j.dataset for j in jobs], [j.config for j in jobs], workers=1)
-            results = [j.finish(*model) for j, model in zip(jobs, trained, strict=True)]
-        seconds = (time.perf_counter() - start) / len(trials)  # the job's time, shared
-        for trial, rows in zip(trials, results, strict=True):
-            store.add_trial(trial, rows, seconds, package_versions())
-    except Exception:
+
+    def failed(trials: Sequence[Trial]) -> list[TrialOutcome]:
         for trial in trials:
-            store.release(trial)  # rows already stored stay (is_done), the others are redone
+            store.release(trial)  # the next run redoes it
         error = traceback.format_exc()
-        return outcomes + [TrialOutcome(t.label, time.perf_counter() - start, error=error) for t in trials]
-    for trial, rows in zip(trials, results, strict=True):
+        return [TrialOutcome(t.label, time.perf_counter() - start, error=error) for t in trials]
+
+    try:
+        for trial in pending:
+            store.claim(trial, os.getpid())
+        train, test, classnames = load_synthetic(job.data_root, pending[0].cells[0].data)
+        runner = get_runner(pending[0].attack)
+        if len(pending) > 1 and runner.prepare is not None:  # one computation for all seeds
+            prepared = [runner.prepare(trial, train, test, classnames) for trial in pending]
+            trained = train_many([p.dataset for p in prepared], [p.config for p in prepared], workers=1)
+            finishers = [partial(p.finish, *model) for p, model in zip(prepared, trained, strict=True)]
+            shared = (time.perf_counter() - start) / len(pending)  # training time, shared
+        else:
+            finishers = [partial(runner.run, trial, train, test, classnames) for trial in pending]
+            shared = 0.0
+    except Exception:
+        return outcomes + failed(pending)
+    for trial, finish in zip(pending, finishers, strict=True):
+        trial_start = time.perf_counter()
+        try:
+            rows = finish()
+            seconds = shared + time.perf_counter() - trial_start
+            store.add_trial(trial, rows, seconds, package_versions())
+        except Exception:
+            outcomes += failed([trial])
+            continue
         headline = rows[0].metrics
         summary = " ".join(
             f"{short}={headline[key]:.2f}" for key, short in SUMMARY_METRICS if key in headline
@@ -138,22 +151,30 @@ def run_trials(job: TrialJob) -> list[TrialOutcome]:
 
 
 def group_trials(trials: Sequence[Trial], seeds_per_job: int) -> list[tuple[Trial, ...]]:
-    """``trials`` as jobs: runs of up to ``seeds_per_job`` trials of one model configuration
-    (``train_key``) in order; 1 = a job a trial."""
-    if seeds_per_job < 1:
-        raise UsageError(f"--seeds-per-job must be at least 1, got {seeds_per_job}")
+    """``trials`` as jobs of up to ``seeds_per_job`` trials of one model configuration
+    (``train_key``). Jobs keep the trials' order, seed-major (1 = a job a trial, in order): the
+    first jobs cover every configuration, so a partial sweep already covers every grid point."""
+    check_seeds_per_job(seeds_per_job)
     by_model: dict[str, list[Trial]] = {}
     for trial in trials:
         by_model.setdefault(trial.train_key, []).append(trial)
-    return [
-        tuple(group[i : i + seeds_per_job])
+    chunks = [
+        [tuple(group[i : i + seeds_per_job]) for i in range(0, len(group), seeds_per_job)]
         for group in by_model.values()
-        for i in range(0, len(group), seeds_per_job)
     ]
+    return [model[k] for k in range(max(map(len, chunks), default=0)) for model in chunks if k < len(model)]
+
+
+def check_seeds_per_job(seeds_per_job: int) -> None:
+    if seeds_per_job < 1:
+        raise UsageError(f"--seeds-per-job must be at least 1, got {seeds_per_job}")
 
 
 def default_seeds_per_job(sweep: Sweep) -> int:
-    """All seeds of a configuration in one job where training runs on a GPU, else one."""
+    """All seeds of a configuration in one job where this host would train on a GPU and the
+    attack's trials train one model each (``OneModel`` runners), else one."""
+    if get_runner(sweep.attack).prepare is None:
+        return 1
     on_gpu = any(resolve_device(cell.train.device).type == "cuda" for cell in sweep.cells)
     return len(sweep.seeds) if on_gpu else 1
 
@@ -294,6 +315,13 @@ def run_sweep(
     """Run every trial of ``sweep`` whose rows are not all in ``db``. ``data_root`` caches the
     synthetic datasets (default: ``data/`` beside the database); ``seeds_per_job`` trains that many
     seeds of a configuration together (default: ``default_seeds_per_job``)."""
+    if seeds_per_job is None:
+        seeds_per_job = default_seeds_per_job(sweep)
+    check_seeds_per_job(seeds_per_job)  # before anything is written
+    if seeds_per_job > 1 and get_runner(sweep.attack).prepare is None:
+        raise UsageError(
+            f"--seeds-per-job: the {sweep.attack} runner trains several models a trial, one seed a job"
+        )
     db = Path(db)
     data_root = Path(data_root) if data_root is not None else db.parent / "data"
     store = ResultStore(db)
@@ -304,8 +332,6 @@ def run_sweep(
     for config in {t.cells[0].data: None for t in pending}:  # once, here: workers then only read
         prepare_data(data_dir(data_root, config), config)
 
-    if seeds_per_job is None:
-        seeds_per_job = default_seeds_per_job(sweep)
     jobs = [TrialJob(group, db, data_root) for group in group_trials(pending, seeds_per_job)]
     bar = tqdm(total=len(trials), initial=len(trials) - len(pending), desc=sweep.name, unit="trial",
                disable=not progress)  # fmt: skip
