@@ -342,8 +342,12 @@ def test_killed_sweep_resumes_with_exactly_the_missing_trials(tmp_path, sig, wor
     sweep = load_sweep(path)
     db = tmp_path / "results.sqlite"
     args = ["sweep", "run", str(path), "--db", str(db), "--no-progress", "--workers"]
+    # A shell that starts this test in the background ignores SIGINT, and so would the child:
+    # give it the default disposition, so that Python turns SIGINT into KeyboardInterrupt.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "poisonclip.cli", *args, str(workers)], stderr=subprocess.PIPE
+        [sys.executable, "-m", "poisonclip.cli", *args, str(workers)],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not _stored_so_far(db):  # kill right after the first trial is committed
