@@ -25,8 +25,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# One result line per benchmark, its ratio last (~10 minutes on 2 CPU cores). Timings taken under
-# load mislead: each line reports the load average; run when `uptime` shows less than 1.
+# One result line per benchmark, its ratio last (~7 minutes on an idle 2-core CPU). Timings taken
+# under load mislead: each line reports the load average; run when `uptime` shows less than 1.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trainer.py
 	$(BIN)/python bench/bench_many.py
