@@ -11,11 +11,12 @@ pool much smaller than the dataset (one at least as large is refused). Other epo
 CLIP loss. Images and captions are augmented every epoch (as RoCLIP does),
 with the hooks of ``poisonclip.train.augment``.
 
-Toy choices, and why: the pool holds 1,024 captions (5% of the toy's 20k pairs; RoCLIP's pool is
-likewise a small fraction of its dataset); pool embeddings are detached (computed by the text
-encoder at the time they entered, as in a MoCo queue), so on matching epochs only the image
-encoder and the temperature learn from the loss. Several images may match one pool caption; the
-copies then act as each other's negatives, as in RoCLIP's batch.
+Toy choices, and why: the pool holds 1,024 captions (5% of the demo's 20k pairs, 10% of the
+defense matrix's 10k; RoCLIP's pool is likewise a small fraction of its dataset); pool
+embeddings are detached (computed by the text encoder at the time they entered, as in a MoCo
+queue), so on matching epochs only the image encoder and the temperature learn from the loss.
+Several images may match one pool caption; the copies then act as each other's negatives, as in
+RoCLIP's batch.
 """
 
 from __future__ import annotations
