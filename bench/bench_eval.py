@@ -1,6 +1,6 @@
 """Embedding + zero-shot evaluation: poisonclip's evaluation path vs a plain per-batch loop.
 
-Ours: ``zero_shot_classifier`` + ``encode_images`` (batches of 256 under ``torch.inference_mode``,
+Ours: ``zero_shot_classifier`` + ``encode_images`` (batches of 128 under ``torch.inference_mode``,
 one single-thread worker per core) + ``zero_shot_predict``, as ``evaluate_backdoor`` runs them.
 Baseline: the loop a competent user writes around the same model and the same in-memory uint8
 images — batches of 64 (the demo's batch size), ``torch.no_grad()`` (not inference mode),
