@@ -34,9 +34,17 @@ if TYPE_CHECKING:
 DEFENSE_ORDER = ("none", "filter", "cleanclip", "roclip", "safeclip")  # columns, then by spec
 
 
+# Settings of one attack type only: never shown on the other's rows, where they do nothing.
+ATTACK_ONLY_KEYS = {
+    "backdoor": ("num_targets", "poisons_per_target", "captions"),
+    "targeted": ("target_label", "poison_count", "patch_size", "placement"),
+}
+
+
 def _attack_label(row: ResultRow, keys: Sequence[str]) -> str:
     """The attack configuration of a row: its type and the (non-defense) settings that vary."""
-    details = ", ".join(_describe(k, row.get(k)) for k in keys)
+    unused = ATTACK_ONLY_KEYS.get(row.get("attack_type"), ())
+    details = ", ".join(_describe(k, row.get(k)) for k in keys if k not in unused)
     return f"{row.get('attack_type')}" + (f" ({details})" if details else "")
 
 
