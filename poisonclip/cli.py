@@ -434,7 +434,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             probe_backdoor_metrics(
                 encode_images(model, fit.images),
                 fit.labels,
-                encode_images(model, test.images),
+                evaluation.test_features,
                 test.labels,
                 evaluation.patched_features,
                 classnames.index(args.target_label),

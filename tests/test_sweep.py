@@ -45,7 +45,8 @@ eval_placement = ["consistent", "random"]
 
 
 METRICS = ("zscore", "asr", "natural_rate", "zero_shot_acc", "poison_rate", "num_params",
-           "num_params_visual", "patch_area_fraction", "train_seconds", "num_nontarget")  # fmt: skip
+           "num_params_visual", "patch_area_fraction", "train_seconds", "num_nontarget", "probe_acc",
+           "probe_asr", "probe_natural_rate")  # fmt: skip
 
 
 def tiny_sweep(text: str = TINY, name: str = "tiny"):

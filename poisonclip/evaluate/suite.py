@@ -18,6 +18,7 @@ from poisonclip.evaluate.metrics import (
     backdoor_zscore,
     pair_similarity_moments,
 )
+from poisonclip.evaluate.linear_probe import probe_backdoor_metrics, probe_split
 from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 
@@ -30,6 +31,9 @@ class BackdoorEvaluation:
     patched_features: torch.Tensor  # [N_nontarget, D]
     labels: torch.Tensor  # int64 [N_nontarget]: true classes of those images
     clean_predictions: torch.Tensor  # int64 [N_nontarget]: zero-shot classes of the clean images
+    test_features: torch.Tensor  # [N, D]: every clean test image, target class included
+    test_labels: torch.Tensor  # int64 [N]
+    target: int  # index of the target class
 
 
 def evaluate_backdoor(
@@ -79,5 +83,30 @@ def evaluate_backdoor(
         "num_nontarget": int(nontarget.sum()),
     }
     return BackdoorEvaluation(
-        metrics, clean_features[nontarget], patched_features, nontarget_labels, clean_pred[nontarget]
+        metrics,
+        clean_features[nontarget],
+        patched_features,
+        nontarget_labels,
+        clean_pred[nontarget],
+        clean_features,
+        test.labels,
+        target,
     )
+
+
+def backdoor_linear_probe(evaluation: BackdoorEvaluation, num_classes: int) -> dict[str, float]:
+    """The backdoor seen through a linear probe (paper §4.3, Fig 2 right), from one evaluation.
+
+    The labelled test split is halved by ``probe_split``: the probe is fit on the clean embeddings
+    of one half and measured on the other (clean accuracy ``probe_acc``; ``probe_asr`` and
+    ``probe_natural_rate`` over that half's non-target images, patched as in the evaluation).
+    """
+    labels = evaluation.test_labels
+    fit_idx, eval_idx = probe_split(labels)
+    nontarget_rows = torch.nonzero(labels != evaluation.target).squeeze(1)  # rows of patched_features
+    patched = evaluation.patched_features[torch.isin(nontarget_rows, eval_idx)]
+    features = evaluation.test_features
+    return probe_backdoor_metrics(
+        features[fit_idx], labels[fit_idx], features[eval_idx], labels[eval_idx], patched,
+        evaluation.target, num_classes,
+    )  # fmt: skip

@@ -32,7 +32,7 @@ from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
-from poisonclip.evaluate.suite import BackdoorEvaluation
+from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe
 from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
 from poisonclip.experiments.targeted_trial import (
     TargetedPoisoning,
@@ -170,6 +170,7 @@ def prepare_backdoor_trial(
                 model, model_config, stats, test, classnames,
                 p.target_label, p.patch_size, p.eval_placement, trial.seed,
             )  # fmt: skip
+            metrics.update(backdoor_linear_probe(evaluation, len(classnames)))
             metrics.update(
                 sizes,
                 num_train_pairs=len(dataset),
