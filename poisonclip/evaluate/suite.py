@@ -12,13 +12,13 @@ from poisonclip.attacks.patch import apply_patch, patch_positions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.embeddings import encode_images
+from poisonclip.evaluate.linear_probe import probe_backdoor_metrics, probe_split
 from poisonclip.evaluate.metrics import (
     accuracy,
     attack_success_rate,
     backdoor_zscore,
     pair_similarity_moments,
 )
-from poisonclip.evaluate.linear_probe import probe_backdoor_metrics, probe_split
 from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 
