@@ -21,7 +21,6 @@ detectors on the undefended model (the same in every row of a trial).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +46,7 @@ from poisonclip.evaluate.targeted_suite import evaluate_targeted
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.experiments.targeted_trial import poison_targets
 from poisonclip.experiments.trial import train_model
+from poisonclip.keys import config_dict
 from poisonclip.train.model import context_length_of
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class DefenseMatrixParams:
 
     def training_params(self) -> dict:
         """Everything but the defense: all defenses of an attack share the poisoned model."""
-        params = dataclasses.asdict(self)
+        params = config_dict(self)
         del params["defense"]
         return params
 

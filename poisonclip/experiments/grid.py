@@ -32,7 +32,6 @@ so a cell shared by two experiment files is trained once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import tomllib
@@ -45,17 +44,12 @@ from typing import Any
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.runners import get_runner
+from poisonclip.keys import config_dict, config_hash
 from poisonclip.report.sweep_figures import list_figures
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.model import get_model_config, image_size_of
 
 TOP_LEVEL_KEYS = ("name", "description", "figures", "attack", "seeds", "data", "train", "slurm")
-
-
-def config_hash(obj: object) -> str:
-    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -69,13 +63,13 @@ class Cell:
 
     def to_dict(self) -> dict:
         """The resolved config as JSON-able dicts, seed excluded (it is the key's other half)."""
-        train = dataclasses.asdict(self.train)
+        train = config_dict(self.train)
         del train["seed"]
         return {
             "attack": self.attack,
-            "data": dataclasses.asdict(self.data),
+            "data": config_dict(self.data),
             "train": train,
-            "params": dataclasses.asdict(self.params),
+            "params": config_dict(self.params),
         }
 
     @property

@@ -17,7 +17,6 @@ one computation (``train_many``; on a GPU, ``poisonclip sweep run --seeds-per-jo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from poisonclip.experiments.targeted_trial import (
     poison_targets,
 )
 from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
+from poisonclip.keys import config_dict
 from poisonclip.registry import Registry
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import TrainStats
@@ -131,7 +131,7 @@ class BackdoorParams:
     def training_params(self) -> dict:
         if self.poison_count == 0:  # a clean model: no trigger, target or placement is trained in
             return {"poison_count": 0}
-        params = dataclasses.asdict(self)
+        params = config_dict(self)
         del params["eval_placement"]
         return params
 
@@ -230,7 +230,7 @@ class TargetedParams:
     def training_params(self) -> dict:
         if self.poisons_per_target == 0:  # a clean model: targets and poison settings are not trained in
             return {"poisons_per_target": 0}
-        params = dataclasses.asdict(self)
+        params = config_dict(self)
         del params["eval_templates"]
         return params
 

@@ -43,9 +43,10 @@ from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.demo import prepare_data
-from poisonclip.experiments.grid import Sweep, Trial, config_hash
+from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
+from poisonclip.keys import config_dict, config_hash
 from poisonclip.train.loop import resolve_device
 from poisonclip.train.many import train_many
 from poisonclip.train.parallel import available_cores
@@ -83,7 +84,7 @@ def package_versions() -> dict[str, str]:
 
 def data_dir(data_root: Path, config: SyntheticConfig) -> Path:
     """The cache folder of one synthetic-data config (its hash names it)."""
-    return data_root / f"synthetic-{config_hash(dataclasses.asdict(config))}"
+    return data_root / f"synthetic-{config_hash(config_dict(config))}"
 
 
 def load_synthetic(
