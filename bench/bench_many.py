@@ -22,17 +22,61 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import torch
-from timing import machine
+from timing import machine, synthetic_dataset
 
-from poisonclip.data import ImageTextDataset, SyntheticConfig, make_synthetic
-from poisonclip.train.config import load_preset
-from poisonclip.train.loop import ClipObjective, train_clip
+from poisonclip.data import ImageTextDataset
+from poisonclip.train.config import TrainConfig, load_preset
+from poisonclip.train.loop import ClipObjective, TrainStats, train_clip
 from poisonclip.train.many import pick_method, train_many
 from poisonclip.train.model import create_model, get_model_config, tokenize
 
 METHODS = ("sequential", "processes", "grouped", "grouped-processes")
+Timings = dict[tuple[int, str], tuple[float, list[TrainStats]]]
+
+
+def time_methods(
+    dataset: ImageTextDataset,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    methods: Sequence[str],
+    plain: bool = False,
+) -> Timings:
+    """(wall seconds, each model's stats) of S models (S in ``seeds``, models seeded 0..S-1) trained
+    on ``dataset`` by each of ``train_many``'s ``methods`` (S = 1: ``sequential`` only), and with
+    ``plain``, by a loop of ``train_clip`` with the plain objective (key ``"plain"``)."""
+    model_config = get_model_config(config.model)
+    tokens = tokenize(dataset.captions, model_config) if plain else None
+    timings: Timings = {}
+    for s in seeds:
+        configs = [config.replace(seed=seed) for seed in range(s)]
+        if plain:
+            start = time.perf_counter()
+            stats = [
+                train_clip(
+                    create_model(model_config, seed=c.seed),
+                    dataset.images,
+                    tokens,
+                    c,
+                    progress=False,
+                    objective=ClipObjective(),
+                )
+                for c in configs
+            ]
+            timings[s, "plain"] = (time.perf_counter() - start, stats)
+        for method in methods if s > 1 else ("sequential",):
+            start = time.perf_counter()
+            results = train_many([dataset] * s, configs, method=method)
+            timings[s, method] = (time.perf_counter() - start, [stats for _, _, stats in results])
+    return timings
+
+
+def steady_rate(timings: Timings, small: int, large: int, method: str) -> float:
+    """Trials/hour of ``method`` from the models between S = ``small`` and S = ``large``: the costs
+    every call pays once (worker start-up, warm-up) cancel."""
+    return (large - small) * 3600 / (timings[large, method][0] - timings[small, method][0])
 
 
 def main() -> None:
@@ -42,37 +86,16 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_preset("demo").replace(epochs=1, device="cpu", precision="fp32")
-    train, _ = make_synthetic(SyntheticConfig(num_train=args.steps * config.batch_size, num_test=1))
-    dataset = ImageTextDataset(
-        keys=[str(i) for i in range(len(train.captions))],
-        images=torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(),  # uint8 [N, 3, H, W]
-        captions=list(train.captions),
-        labels=torch.from_numpy(train.labels).long(),
-    )
-    model_config = get_model_config(config.model)
-    tokens = tokenize(dataset.captions, model_config)
-    seconds: dict[tuple[int, str], float] = {}
-    for s in args.seeds:
-        configs = [config.replace(seed=seed) for seed in range(s)]
-        start = time.perf_counter()
-        for c in configs:
-            model = create_model(model_config, seed=c.seed)
-            train_clip(model, dataset.images, tokens, c, progress=False, objective=ClipObjective())
-        seconds[s, "plain"] = time.perf_counter() - start
-        for method in METHODS if s > 1 else ("sequential",):
-            start = time.perf_counter()
-            train_many([dataset] * s, configs, method=method)
-            seconds[s, method] = time.perf_counter() - start
+    dataset = synthetic_dataset(args.steps * config.batch_size)
+    timings = time_methods(dataset, config, args.seeds, METHODS, plain=True)
 
     small, large = sorted(args.seeds)[-2:]
-    whole = {m: large * 3600 / seconds[large, m] for m in ("plain", *METHODS)}
-    steady = {
-        m: (large - small) * 3600 / (seconds[large, m] - seconds[small, m]) for m in ("plain", *METHODS)
-    }
+    whole = {m: large * 3600 / timings[large, m][0] for m in ("plain", *METHODS)}
+    steady = {m: steady_rate(timings, small, large, m) for m in ("plain", *METHODS)}
     auto = pick_method([config], torch.get_num_threads())
     print(
         f"multi-seed [{machine()}]: {config.model}, batch {config.batch_size}, {args.steps} steps/model; "
-        f"one model: {3600 / seconds[min(args.seeds), 'sequential']:,.0f} trials/hour; S={large}, "
+        f"one model: {3600 / timings[min(args.seeds), 'sequential'][0]:,.0f} trials/hour; S={large}, "
         f"whole call / steady (S={small}->{large}) trials/hour: "
         f"{', '.join(f'{m} {whole[m]:,.0f} / {steady[m]:,.0f}' for m in whole)}; steady "
         f"{max(METHODS, key=steady.get)} vs plain {max(steady.values()) / steady['plain']:.2f}x; "

@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from timing import machine, median_seconds
+from timing import machine, median_seconds, synthetic_dataset
 
 from poisonclip.attacks.backdoor import make_backdoor_from_shards
 from poisonclip.attacks.poison_set import write_poison_shards
-from poisonclip.data import ImageTextDataset, SyntheticConfig, make_synthetic
+from poisonclip.data import ImageTextDataset
 from poisonclip.data.wds import scan_captions, write_shards
 
 
@@ -40,13 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    train, _ = make_synthetic(SyntheticConfig(num_train=args.samples, num_test=1))
-    base = ImageTextDataset(
-        keys=[str(i) for i in range(args.samples)],
-        images=torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(),
-        captions=list(train.captions),
-        labels=torch.from_numpy(train.labels).long(),
-    )
+    base = synthetic_dataset(args.samples)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sets = {

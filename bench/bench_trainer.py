@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,54 +40,58 @@ from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.loop import normalize_images, train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
-from poisonclip.train.open_clip_backend import OpenClipRun, launch, open_clip_args
+from poisonclip.train.open_clip_backend import OpenClipRun, launch, open_clip_args, torchrun_command
 
 CHILD_FLAG = "--open-clip-child"
 LOG_EVERY = 10  # steps between open_clip_train's log records (each costs a loss.item())
+# open_clip_train's step log: "Train Epoch: 0 [  640/19200 (3%)] ..." (samples seen so far)
+STEP_LOG = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/")
 
 
-def open_clip_child(argv: list[str]) -> None:
-    """In a fresh process: run open_clip_train, then print the wall-clock times of its step logs."""
-    records: list[tuple[float, str]] = []
+def open_clip_child(argv: list[str]) -> int:
+    """In a fresh process (or torchrun's worker): run open_clip_train, then print the wall-clock
+    time and the samples seen of each of its step logs (after a ``.item()``: the GPU is done)."""
+    records: list[tuple[float, int]] = []
 
     class StepTimes(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Train Epoch"):
-                records.append((record.created, record.getMessage()))
+            if step := STEP_LOG.match(record.getMessage()):
+                records.append((record.created, int(step.group(1))))
 
     logging.getLogger().addHandler(StepTimes())
     code = launch(argv)
-    print(
-        json.dumps(
-            {"code": code, "times": [t for t, _ in records], "last": records[-1][1] if records else ""}
-        )
-    )
+    print(json.dumps({"records": records}))
+    return code
 
 
-def open_clip_rate(config: TrainConfig, csv: Path, logs: Path, workers: int) -> float:
-    """open_clip_train's steady samples/s: steps between its first and last log record."""
-    run = OpenClipRun(train_data=str(csv), workers=workers, logs=str(logs), name=f"workers{workers}")
-    argv = [*open_clip_args(config, run, cuda=False), "--log-every-n-steps", str(LOG_EVERY)]
+def open_clip_rate(
+    config: TrainConfig, run: OpenClipRun, cwd: Path, cuda: bool = False, torchrun: bool = False
+) -> float:
+    """open_clip_train's steady samples/s: the samples between its first log record (after step 0)
+    and its last, so its start-up (spawning workers, the first batch) is not counted against it.
+
+    Run in ``cwd`` (open_clip_train reads a CSV's image paths from the working directory), as a
+    child process, or with ``torchrun`` as ``torchrun --nproc-per-node 1`` (as users launch it).
+    """
+    argv = [*open_clip_args(config, run, cuda=cuda), "--log-every-n-steps", str(LOG_EVERY)]
+    launcher = [*torchrun_command(1), "--"] if torchrun else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the main process on one thread
-    done = subprocess.run(  # in the CSV's folder: open_clip_train reads image paths from the cwd
-        [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, *argv],
+    done = subprocess.run(
+        [*launcher, str(Path(__file__).resolve()), CHILD_FLAG, *argv],
         env=env,
-        cwd=csv.parent,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"open_clip_train failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    times = result["times"]
-    steps = len(read_rows(csv)) // config.batch_size
-    # records after step 0, LOG_EVERY, 2·LOG_EVERY, ... and the last step: steps 1..last between
-    return (steps - 1) * config.batch_size / (times[-1] - times[0])
-
-
-def read_rows(csv: Path) -> list[str]:
-    return csv.read_text(encoding="utf-8").splitlines()[1:]
+        raise RuntimeError(f"open_clip_train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    start = done.stdout.rfind('{"records"')  # the child's last line (torchrun may prefix it)
+    records = json.loads(done.stdout[start:].splitlines()[0])["records"] if start >= 0 else []
+    if len(records) < 2:
+        raise RuntimeError(f"open_clip_train logged {len(records)} steps; need two to time it")
+    (first_time, first_samples), (last_time, last_samples) = records[0], records[-1]
+    return (last_samples - first_samples) / (last_time - first_time)
 
 
 def flops_per_sample(model: open_clip.CLIP, images: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -102,8 +107,7 @@ def flops_per_sample(model: open_clip.CLIP, images: torch.Tensor, tokens: torch.
 
 def main() -> None:
     if sys.argv[1:2] == [CHILD_FLAG]:
-        open_clip_child(sys.argv[2:])
-        return
+        sys.exit(open_clip_child(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="steps of one epoch, for both trainers")
     parser.add_argument("--preset", default="demo", help="model and batch size (our presets)")
@@ -116,7 +120,14 @@ def main() -> None:
         write_synthetic(root / "data", SyntheticConfig(num_train=samples, num_test=1))
         csv = root / "data" / "train.csv"
         dataset = read_csv_dataset(csv, progress=False)
-        theirs = {w: open_clip_rate(config, csv, root / "logs", workers=w) for w in (1, 2)}
+        theirs = {
+            w: open_clip_rate(
+                config,
+                OpenClipRun(str(csv), workers=w, logs=str(root / "logs"), name=f"workers{w}"),
+                csv.parent,
+            )
+            for w in (1, 2)
+        }
 
     model_config = get_model_config(config.model)
     tokens = tokenize(dataset.captions, model_config)

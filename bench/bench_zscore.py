@@ -51,14 +51,15 @@ def bare_gram_seconds(features: torch.Tensor, repeats: int) -> float:
     return median_seconds(lambda: unit.T @ unit, repeats)
 
 
-def embeddings(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, patched) float32 [n, d]: clean embeddings around 20 class prototypes (clean-pair
-    similarity 0.03 ± 0.15), patched ones pulled towards one trigger direction (z ≈ 2.3). The
-    timings do not depend on the values."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.randn(20, d, generator=g)
-    clean = prototypes[torch.randint(20, (n,), generator=g)] + 0.7 * torch.randn(n, d, generator=g)
-    return clean, clean + 0.9 * torch.randn(1, d, generator=g)
+def embeddings(n: int, d: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, patched) float32 [n, d] on ``device``: clean embeddings around 20 class prototypes
+    (clean-pair similarity 0.03 ± 0.15), patched ones pulled towards one trigger direction
+    (z ≈ 2.3). The timings do not depend on the values."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    prototypes = torch.randn(20, d, generator=g, device=device)
+    classes = torch.randint(20, (n,), generator=g, device=device)
+    clean = prototypes[classes] + 0.7 * torch.randn(n, d, generator=g, device=device)
+    return clean, clean + 0.9 * torch.randn(1, d, generator=g, device=device)
 
 
 def main() -> None:

@@ -10,13 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from poisonclip.errors import UsageError
 
 EXIT_USAGE = 2
+
+
+PRETRAINED_HELP = (
+    "start from these weights of --model: an open_clip pretrained tag (open_clip downloads it, e.g. "
+    "--model ViT-B-32 --pretrained laion2b_s34b_b79k) or a local file (open_clip_train's epoch_N.pt, a "
+    "state dict .pt/.bin, .safetensors; loaded weights-only)"
+)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -69,11 +78,26 @@ def _train_config(args: argparse.Namespace):
         precision=args.precision,
         compile=args.compile,
         data_on_device=args.data_on_device,
+        pretrained=getattr(args, "pretrained", None),
     )
+
+
+def _add_overwrite(p: argparse.ArgumentParser, **outputs: bool) -> None:
+    """Declare the command's outputs (option dest -> written as a directory?) and ``--overwrite``.
+
+    ``main`` checks every declared output before the command runs (``check_output``)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output; only a previous poisonclip output, never one holding an "
+        "input of this command, the working directory or the home directory",
+    )
+    p.set_defaults(outputs=outputs)
 
 
 def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None:
     p.add_argument("--out", required=True, help="output directory for the poison set")
+    _add_overwrite(p, out=True, merged_csv=False)
     p.add_argument(
         "--format",
         choices=("csv", "wds"),
@@ -82,7 +106,10 @@ def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None
     )
     p.add_argument("--merged-csv", help="with a CSV: also write one CSV of the data and the poisons here")
     p.add_argument(
-        "--image-size", type=int, help=f"resize and centre-crop {resized} to this (default: as they are)"
+        "--image-size",
+        type=int,
+        help=f"resize and centre-crop {resized} to this: the model's input size, so that the poisons "
+        "reach the model as written (default: as they are)",
     )
     p.add_argument("--samples-per-shard", type=int, default=10_000, help="with --format wds")
     p.add_argument("--image-format", choices=("png", "jpg"), default="png", help="with --format wds")
@@ -96,7 +123,9 @@ def _add_patch_options(
     label_help: str = "the label the trigger should cause",
 ) -> None:
     p.add_argument("--target-label", default=label_default, help=label_help)
-    p.add_argument("--patch-size", type=int, default=4, help="checkerboard side in pixels")
+    p.add_argument(
+        "--patch-size", type=int, default=4, help="checkerboard side in pixels of the model's input"
+    )
     p.add_argument(
         placement_flag,
         dest="placement",
@@ -110,24 +139,18 @@ def _add_csv_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv-separator", default="\t", help="CSV separator (open_clip default: tab)")
     p.add_argument("--image-column", default="filepath", help="CSV column with image paths")
     p.add_argument("--caption-column", default="title", help="CSV column with captions")
-
-
-def _read_csv(path: str, args: argparse.Namespace, image_size: int | None = None):
-    from poisonclip.data.dataset import read_csv_dataset
-
-    return read_csv_dataset(
-        path,
-        image_size=image_size,
-        sep=args.csv_separator,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        progress=not getattr(args, "no_progress", False),
+    p.add_argument(
+        "--label-column",
+        default="label",
+        help="CSV column (or shard JSON field) with each sample's class, as an index or a class "
+        "name; read by evaluation splits only (poisoning and training ignore labels)",
     )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
+    from poisonclip.train.loop import check_device
 
     config = DemoConfig(
         data=SyntheticConfig(num_train=args.num_train, seed=args.data_seed),
@@ -139,6 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         eval_placement=args.eval_placement,
         seed=args.seed,
     )
+    check_device(config.train.device)
     summary = run_demo(config, args.out, progress=not args.no_progress)
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'similarity_histograms.png'}")
@@ -153,18 +177,46 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
         image_size=args.image_size,
         num_shapes=args.num_shapes,
         seed=args.seed,
+        stored_size=args.stored_size,
     )
     root = write_synthetic(args.out, config)
     print(f"wrote {config.num_train} train / {config.num_test} test pairs to {root}")
 
 
-def _read_data(path: str, args: argparse.Namespace, image_size: int | None = None):
-    """A CSV or webdataset shards, decoded into memory."""
+def _read_data(
+    path: str,
+    args: argparse.Namespace,
+    image_size: int | None = None,
+    labelled: bool = False,
+    classnames: list[str] | None = None,
+    classnames_source: str = "",
+):
+    """A CSV or webdataset shards, decoded into memory.
+
+    Labels are read only when ``labelled`` (evaluation splits): poisoning and training never need
+    them, so a label column they could not parse must not stop them. Labels are class indices or
+    class names, mapped through ``classnames`` (read from ``classnames_source``) when given.
+    """
+    from poisonclip.data.dataset import read_csv_dataset
     from poisonclip.data.wds import is_shard_url, read_shard_dataset
 
+    progress, label_column = not getattr(args, "no_progress", False), args.label_column if labelled else None
     if is_shard_url(path):
-        return read_shard_dataset(path, image_size, progress=not getattr(args, "no_progress", False))
-    return _read_csv(path, args, image_size)
+        return read_shard_dataset(
+            path, image_size, progress=progress, label_key=label_column, classnames=classnames,
+            classnames_source=classnames_source,
+        )  # fmt: skip
+    return read_csv_dataset(
+        path,
+        image_size=image_size,
+        sep=args.csv_separator,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        label_column=label_column,
+        progress=progress,
+        classnames=classnames,
+        classnames_source=classnames_source,
+    )
 
 
 def _print_faults(faults: Sequence[tuple[str, str]], limit: int = 20) -> None:
@@ -199,21 +251,39 @@ def _print_scan(scan, label: str) -> None:
     )
 
 
-def _write_poisons(args: argparse.Namespace, poisons, output_format: str, num_clean: int, what: str) -> None:
-    """Write the poison set as --format says and print how to train on it."""
-    from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
+def _write_poisons(
+    args: argparse.Namespace, poisons, output_format: str, num_clean: int, what: str, scan=None
+) -> None:
+    """Write the poison set as --format says and print how to train on it (``scan``: the shards'
+    caption scan, whose missing shards the commands leave out)."""
+    import shlex
+
+    from poisonclip.attacks.poison_set import (
+        POISON_CSV_NAME,
+        write_merged_csv,
+        write_poison_set,
+        write_poison_shards,
+    )
+    from poisonclip.data.wds import shard_ranges
 
     rate = len(poisons) / (num_clean + len(poisons))
+    total = num_clean + len(poisons)
     if output_format == "wds":
         written = write_poison_shards(args.out, poisons, args.samples_per_shard, args.image_format)
         print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set){what} to {args.out}")
+        # Only the shards that exist: a missing one in --data's brace range was already reported.
+        data = shard_ranges([url for url in scan.urls if Path(url).is_file()]) + [written.url]
+        joined = " ".join(shlex.quote(d) for d in data)
         print(
-            f"train with: --train-data '{args.data}::{written.url}' "
-            f"--train-num-samples {num_clean + len(poisons)}"
+            f"train with: poisonclip train --data {joined} --out CHECKPOINT "
+            f"(at scale: --backend open_clip --train-num-samples {total})"
         )
+        print(f"or open_clip_train: --train-data {shlex.quote('::'.join(data))} --train-num-samples {total}")
         return
     out = write_poison_set(args.out, poisons)
     print(f"wrote {len(poisons)} poisons ({rate:.3%} of the poisoned set){what} to {out}")
+    data = [args.merged_csv] if args.merged_csv else [args.data, str(Path(out) / POISON_CSV_NAME)]
+    print(f"train with: poisonclip train --data {' '.join(shlex.quote(d) for d in data)} --out CHECKPOINT")
     if args.merged_csv:
         rows = write_merged_csv(
             args.merged_csv, args.data, out, args.csv_separator, args.image_column, args.caption_column
@@ -240,10 +310,19 @@ def cmd_poison_backdoor(args: argparse.Namespace) -> None:
         num_clean, faults = len(scan), scan.skipped + poisons.samples.skipped
         _print_scan(scan, args.target_label)
     else:
-        dataset = _read_csv(args.data, args, args.image_size)
-        poisons = make_backdoor(dataset, **attack)
+        dataset = _read_data(args.data, args, args.image_size)
+        poisons, scan = make_backdoor(dataset, **attack), None
         num_clean, faults = len(dataset), dataset.skipped
-    _write_poisons(args, poisons, output_format, num_clean, "")
+    if args.image_size is None:  # the trigger-resolution rule (poisonclip.data.resolution)
+        size = poisons.samples.images.shape[-1]
+        print(
+            f"poisonclip: warning: no --image-size: the poisons keep the data's {size}x{size} pixels "
+            f"and the {args.patch_size}-pixel trigger is in those pixels. A model with another input "
+            "size would see it resized (a 1-pixel checkerboard turns grey): pass --image-size with "
+            "the model's input size (poisonclip train refuses poisons that do not match its model)",
+            file=sys.stderr,
+        )
+    _write_poisons(args, poisons, output_format, num_clean, "", scan)
     _print_faults(faults)
 
 
@@ -263,19 +342,17 @@ def _target_from_args(args: argparse.Namespace, image_size: int | None):
         return Target(image, args.target_label, args.target_image)
     if args.target_split is None:
         raise UsageError("--target-index needs --target-split")
-    split = _read_csv(args.target_split, args, image_size)
+    classnames_file = Path(args.classnames or Path(args.target_split).parent / "classnames.txt")
+    classnames = read_classnames(classnames_file) if classnames_file.is_file() else None
+    split = _read_data(args.target_split, args, image_size, True, classnames, str(classnames_file))
     index = args.target_index
     if not 0 <= index < len(split):
         raise UsageError(f"--target-index {index} is outside the {len(split)} samples of {args.target_split}")
     true_label = None
     if (label := int(split.labels[index])) >= 0:
-        classnames_file = args.classnames or Path(args.target_split).parent / "classnames.txt"
-        if not Path(classnames_file).is_file():
+        if split.classnames is None:  # labels are indices, and no file names them
             raise UsageError(f"{args.target_split} is labelled: pass --classnames to name its classes")
-        classnames = read_classnames(classnames_file)
-        if label >= len(classnames):
-            raise UsageError(f"label {label} of the target has no name in {classnames_file}")
-        true_label = classnames[label]
+        true_label = split.classnames[label]
     return Target(split.images[index], args.target_label, split.keys[index], index, true_label)
 
 
@@ -302,9 +379,9 @@ def cmd_poison_targeted(args: argparse.Namespace) -> None:
         num_clean, faults = len(scan), scan.skipped + poisons.samples.skipped
         _print_scan(scan, target.label)
     else:
-        dataset = _read_csv(args.data, args, args.image_size)
+        dataset = _read_data(args.data, args, args.image_size)
         target = _target_from_args(args, dataset.images.shape[-1])
-        poisons = make_targeted(dataset, target, **attack)
+        poisons, scan = make_targeted(dataset, target, **attack), None
         num_clean, faults = len(dataset), dataset.skipped
     sources = Counter(row["caption_source"] for row in poisons.manifest)
     psnrs = [row["psnr_db"] for row in poisons.manifest if row["psnr_db"] is not None]
@@ -314,7 +391,7 @@ def cmd_poison_targeted(args: argparse.Namespace) -> None:
         + ", ".join(f"{n} {source}" for source, n in sorted(sources.items()))
         + f"; {noise})"
     )
-    _write_poisons(args, poisons, output_format, num_clean, what)
+    _write_poisons(args, poisons, output_format, num_clean, what, scan)
     _print_faults(faults)
 
 
@@ -324,6 +401,7 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
     from poisonclip.train.open_clip_backend import (
         OpenClipRun,
         build_command,
+        default_workers,
         format_command,
         join_train_data,
         run_open_clip,
@@ -334,7 +412,7 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
         train_data=join_train_data(args.data),
         train_num_samples=args.train_num_samples,
         nproc_per_node=args.nproc_per_node,
-        workers=args.workers,
+        workers=args.workers if args.workers is not None else default_workers(args.nproc_per_node),
         logs=args.logs or str(Path(args.out).parent / "logs"),
         name=args.name or Path(args.out).name,
         csv_separator=args.csv_separator,
@@ -352,13 +430,35 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
         print(f"open_clip_train finished; checkpoint converted to {out}")
 
 
+def _check_resolution(args: argparse.Namespace, sources: Sequence[str], model_size: int, what: str) -> None:
+    """The trigger-resolution rule (``poisonclip.data.resolution``): refuse poison sets stored at
+    another size than the model's input; note on stderr each source that gets resized to it."""
+    from poisonclip.data.resolution import check_poison_resolution
+
+    for source, (width, height) in check_poison_resolution(
+        sources, model_size, args.csv_separator, args.image_column
+    ):
+        print(
+            f"poisonclip: note: {source} is stored at {width}x{height}; {what} resized to the "
+            f"model's {model_size}x{model_size} input",
+            file=sys.stderr,
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
     from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
     from poisonclip.experiments.trial import train_model
-    from poisonclip.train.model import get_model_config, image_size_of
+    from poisonclip.train.loop import check_device
+    from poisonclip.train.model import check_pretrained, get_model_config, image_size_of
 
     config = _train_config(args)
+    image_size = image_size_of(get_model_config(config.model))  # validates the model name early
+    if config.pretrained:
+        check_pretrained(config.model, config.pretrained)  # before any data is read
+    _check_resolution(args, args.data, image_size, "it is")
+    if not (args.dry_run or args.slurm_partition):  # trains here: the device must exist
+        check_device(config.device)
     if args.backend == "open_clip":
         if args.init_checkpoint or args.track_loss_epochs:
             raise UsageError("--init-checkpoint and --track-loss-epochs need --backend memory")
@@ -368,16 +468,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError("--dry-run and --slurm-partition need --backend open_clip")
     if args.track_loss_epochs is not None and not 1 <= args.track_loss_epochs <= config.epochs:
         raise UsageError(f"--track-loss-epochs must be between 1 and the {config.epochs} training epochs")
-    image_size = image_size_of(get_model_config(config.model))  # validates the model name early
     dataset = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.data])
-    tracker = LossTracker(len(dataset), args.track_loss_epochs) if args.track_loss_epochs else None
+    tracker = (
+        LossTracker(len(dataset), args.track_loss_epochs, config.batch_size, config.seed)
+        if args.track_loss_epochs
+        else None
+    )
     _, _, stats = train_model(
         dataset,
         config,
         args.out,
         not args.no_progress,
         init_checkpoint=args.init_checkpoint,
-        on_batch=tracker,
+        on_epoch_end=tracker,
     )
     if tracker is not None:
         save_loss_record(Path(args.out) / LOSS_RECORD_NAME, dataset.keys, tracker.mean(), tracker.epochs)
@@ -389,7 +492,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import read_classnames
-    from poisonclip.evaluate.suite import evaluate_backdoor
+    from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
+    from poisonclip.evaluate.zeroshot import resolve_templates
     from poisonclip.train.checkpoint import load_checkpoint
     from poisonclip.train.model import context_length_of, image_size_of
 
@@ -398,53 +502,67 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise UsageError("--target-image fits its probe on half of the test set; drop --probe-train")
         if args.target_label is None:
             raise UsageError("--target-image needs --target-label: the label y' the attack wanted for x'")
-    args.target_label = args.target_label or "star"  # the synthetic data's backdoor target
+    templates = resolve_templates(args.templates)  # a bad prompt file fails before any work
     model, model_config = load_checkpoint(args.checkpoint)
+    image_size, progress = image_size_of(model_config), not args.no_progress
     if args.imagefolder:
         from poisonclip.data.imagefolder import class_directories, read_imagefolder, resolve_classnames
 
         classnames = resolve_classnames(args.classnames, class_directories(args.imagefolder))
-        test = read_imagefolder(args.imagefolder, image_size_of(model_config), args.max_per_class)
+        test = read_imagefolder(args.imagefolder, image_size, args.max_per_class, progress)
     else:
-        if args.classnames is None:
-            raise UsageError("--test needs --classnames (one name per line, in label order)")
-        classnames = read_classnames(args.classnames)
-        test = _read_data(args.test, args, image_size_of(model_config))
+        _check_resolution(args, [args.test], image_size, "its images are")
+        names = read_classnames(args.classnames) if args.classnames else None
+        test = _read_data(args.test, args, image_size, True, names, str(args.classnames))
+        if test.classnames is None:
+            raise UsageError(
+                f"{args.test}: its labels are class indices (or absent): pass --classnames to name "
+                "them (one name per line, in label order)"
+            )
+        classnames = test.classnames
     if args.target_image:
-        _print_metrics(args, _evaluate_target(args, model, model_config, test, classnames))
+        _print_metrics(args, _evaluate_target(args, model, model_config, test, classnames, templates))
         return
-    evaluation = evaluate_backdoor(
-        model,
-        test,
-        classnames,
-        args.target_label,
-        args.patch_size,
-        placement=args.placement,
-        seed=args.seed,
-        templates=args.templates,
-        context_length=context_length_of(model_config),
-    )
+    if args.target_label is None:  # no backdoor named: the clean metrics only
+        evaluation = evaluate_clean(model, test, classnames, templates, context_length_of(model_config))
+        patched, target = None, None
+    else:
+        evaluation = evaluate_backdoor(
+            model,
+            test,
+            classnames,
+            args.target_label,
+            args.patch_size,
+            placement=args.placement,
+            seed=args.seed,
+            templates=templates,
+            context_length=context_length_of(model_config),
+        )
+        patched, target = evaluation.patched_features, evaluation.target
     if args.probe_train:
         from poisonclip.data.imagefolder import read_imagefolder
         from poisonclip.evaluate.embeddings import encode_images
         from poisonclip.evaluate.linear_probe import probe_backdoor_metrics
 
-        fit = read_imagefolder(args.probe_train, image_size_of(model_config), args.max_per_class)
+        fit = read_imagefolder(args.probe_train, image_size, args.max_per_class, progress)
+        features = evaluation.features if target is None else evaluation.test_features
         evaluation.metrics.update(
             probe_backdoor_metrics(
                 encode_images(model, fit.images),
                 fit.labels,
-                evaluation.test_features,
+                features,
                 test.labels,
-                evaluation.patched_features,
-                classnames.index(args.target_label),
+                patched,
+                target,
                 len(classnames),
             )
         )
     _print_metrics(args, evaluation.metrics)
 
 
-def _evaluate_target(args: argparse.Namespace, model, model_config: dict, test, classnames) -> dict:
+def _evaluate_target(
+    args: argparse.Namespace, model, model_config: dict, test, classnames, templates: Sequence[str]
+) -> dict:
     """The targeted attack's metrics for x′ = --target-image and y′ = --target-label."""
     from poisonclip.attacks.dedup import image_hash
     from poisonclip.evaluate.targeted_suite import evaluate_targeted
@@ -455,7 +573,7 @@ def _evaluate_target(args: argparse.Namespace, model, model_config: dict, test, 
     digest = image_hash(target.image)
     others = [i for i in range(len(test)) if image_hash(test.images[i]) != digest]
     evaluation = evaluate_targeted(
-        model, [target], test.subset(others), classnames, args.templates, context_length_of(model_config)
+        model, [target], test.subset(others), classnames, templates, context_length_of(model_config)
     )
     row = evaluation.per_target[0]
     return {
@@ -500,7 +618,7 @@ def _read_training_set(args: argparse.Namespace, image_size: int):
 
 
 def _detector_settings(names: list[str], args: argparse.Namespace) -> dict[str, dict]:
-    """Each detector with the neighbour count and space it takes (``--lid-k`` for LID)."""
+    """Each detector with the neighbour count, space and reference set it takes (``--lid-k`` for LID)."""
     from poisonclip.detect import detector_params
 
     settings = {}
@@ -511,6 +629,12 @@ def _detector_settings(names: list[str], args: argparse.Namespace) -> dict[str, 
             params["k"] = k
         if "space" in accepted:
             params["space"] = args.space
+        if "reference" in accepted:
+            params["reference"] = args.reference
+        if "normalize" in accepted:  # Huang et al.'s batch protocol: raw features; the all-pairs
+            params["normalize"] = args.reference == "all"  # variant as measured before: unit norm
+        if "batch_size" in accepted:
+            params.update(batch_size=args.reference_batch_size, reshuffles=args.reshuffles)
         settings[name] = params
     return settings
 
@@ -596,13 +720,17 @@ def cmd_defend(args: argparse.Namespace) -> None:
     from poisonclip.defend import DefenseContext, get_defense
     from poisonclip.defend.output import CHECKPOINT_DIR, RECORD_NAME, write_defense
     from poisonclip.train.checkpoint import load_checkpoint_as
-    from poisonclip.train.model import get_model_config, image_size_of
+    from poisonclip.train.loop import check_device
+    from poisonclip.train.model import get_model_config, image_size_of, initial_model
 
     defense = get_defense(args.defense)
     params = _defense_params(defense, args)
     config = _train_config(args)
-    given = {"model": args.checkpoint, "dataset": args.data, "clean": args.clean_data}
-    flags = {"model": "--checkpoint", "dataset": "--data", "clean": "--clean-data"}
+    check_device(config.device)
+    if args.pretrained and (defense.name != "cleanclip" or args.checkpoint):
+        raise UsageError("--pretrained names the model that cleanclip cleans, instead of --checkpoint")
+    given = {"model": args.checkpoint or args.pretrained, "dataset": args.data, "clean": args.clean_data}
+    flags = {"model": "--checkpoint (or --pretrained)", "dataset": "--data", "clean": "--clean-data"}
     if missing := [flags[need] for need in defense.needs if not given[need]]:
         raise UsageError(f"defense {defense.name} needs {' and '.join(missing)}")
     if unused := [flags[k] for k, v in given.items() if v and k not in defense.needs]:
@@ -611,6 +739,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
         raise UsageError("--manifest labels the samples of --data, which this defense does not use")
     model_config = get_model_config(config.model)
     model = load_checkpoint_as(args.checkpoint, model_config) if args.checkpoint else None
+    if args.pretrained:
+        model = initial_model(config, model_config).eval()
     image_size = image_size_of(model_config)
     dataset, labels, manifest = _read_training_set(args, image_size) if args.data else (None, None, None)
     clean = None
@@ -644,11 +774,15 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 DEFAULT_DB = "results/sweeps.sqlite"
+EXPERIMENTS_DIR = "experiments"  # the shipped experiment files, relative to the repository root
 
 
 def _local_executor(args: argparse.Namespace, sweep):
     from poisonclip.experiments.sweep import LocalExecutor
+    from poisonclip.train.loop import check_device
 
+    for cell in sweep.cells:  # trials run here: a device this host lacks fails now, not in each trial
+        check_device(cell.train.device)
     return LocalExecutor.for_machine(args.workers)
 
 
@@ -678,15 +812,14 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     print(
         f"sweep {sweep.name}: ran {summary.completed} trials, {summary.already_done} were already "
-        f"stored, {len(summary.failed)} failed ({summary.trials} in all); results in {args.db}"
+        f"stored, {summary.skipped} were run by another process, {len(summary.failed)} failed "
+        f"({summary.trials} in all); results in {args.db}"
     )
     if summary.failed:
         raise SystemExit(1)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from poisonclip.experiments.grid import load_sweep
     from poisonclip.experiments.sweep import sweep_status
 
@@ -695,18 +828,61 @@ def cmd_sweep_status(args: argparse.Namespace) -> None:
     print(
         f"sweep {status.name} ({sweep.description or 'no description'}) in {args.db}:\n"
         f"{status.trials} trials, {status.rows_done}/{status.rows_total} result rows stored\n"
-        f"done {status.done}  running {status.running}  remaining {status.remaining}\n"
-        + tqdm.format_meter(status.done, status.trials, 0, ncols=70, bar_format="{l_bar}{bar}| {n}/{total}")
+        f"done {status.done} ({status.done / status.trials:.0%})  running {status.running}  "
+        f"remaining {status.remaining}"
     )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from poisonclip.data.io import atomic_path
+    from poisonclip.experiments.store import ResultStore
     from poisonclip.report.document import write_report
 
-    summary = write_report(args.db, args.out)
-    print(f"wrote {len(summary.figures)} figures, {summary.markdown} and {summary.html}")
+    ResultStore(args.db, create=False)  # a bad database is refused before anything is written
+    with atomic_path(args.out) as tmp:  # the report as one output: never half-written or mixed
+        tmp.mkdir()
+        summary = write_report(args.db, tmp)
+    out = Path(args.out)
+    print(
+        f"wrote {len(summary.figures)} figures, {out / summary.markdown.name} and {out / summary.html.name}"
+    )
     if summary.missing:
         print(f"no sweep in {args.db} lists: {', '.join(summary.missing)}")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from poisonclip.experiments.grid import load_sweep
+    from poisonclip.experiments.sweep import run_sweep
+
+    # The paper's figures first, then the rest (defense matrices), each group by name.
+    files = args.files or sorted(
+        Path(EXPERIMENTS_DIR).glob("*.toml"), key=lambda f: (f.stem[:3] != "fig", f.stem)
+    )
+    if not files:
+        raise UsageError(
+            f"no experiment files in {EXPERIMENTS_DIR}/: name them, or run from the repository root"
+        )
+    sweeps = [load_sweep(f) for f in files]  # every file checked before any training
+    failed = 0
+    for sweep in sweeps:
+        try:
+            summary = run_sweep(
+                sweep, args.db, _local_executor(args, sweep), args.data_root, not args.no_progress
+            )
+        except KeyboardInterrupt:
+            print("poisonclip: interrupted; finished trials are stored, rerun to complete", file=sys.stderr)
+            raise SystemExit(130) from None
+        failed += len(summary.failed)
+        print(f"sweep {sweep.name}: trained {summary.completed}, {summary.already_done} already stored "
+              f"({summary.trials} trials), {len(summary.failed)} failed")  # fmt: skip
+    cmd_report(args)
+    if args.figures:
+        from poisonclip.report.document import publish_figures
+
+        written = publish_figures(args.out, args.figures)
+        print(f"copied {len(written)} figure files (PNG, CSV) to {args.figures}")
+    if failed:
+        raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -724,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backdoor, train a clean and a backdoored model, and compare them.",
     )
     p.add_argument("--out", default="results/demo", help="output directory")
+    _add_overwrite(p, out=True)
     p.add_argument("--num-train", type=int, default=20_000, help="clean training pairs")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--poison-count", type=int, default=100, help="poisons added to the training set")
@@ -747,9 +924,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write train.csv, test.csv (with labels), classnames.txt and images.",
     )
     q.add_argument("out", help="output directory")
+    _add_overwrite(q, out=True)
     q.add_argument("--num-train", type=int, default=20_000, help="training pairs")
     q.add_argument("--num-test", type=int, default=2_000, help="labelled test images")
     q.add_argument("--image-size", type=int, default=32, help="pixels per side")
+    q.add_argument(
+        "--stored-size",
+        type=int,
+        help="store the images at this many pixels per side instead: the same scenes and captions "
+        "at another resolution than the model's (data as users have it)",
+    )
     q.add_argument("--num-shapes", type=int, default=20, help="number of classes (2-20)")
     q.add_argument("--seed", type=int, default=0, help="generator seed")
     q.set_defaults(func=cmd_data_synth)
@@ -854,6 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, nargs="+", help="CSV files or webdataset URLs to train on (concatenated)"
     )
     p.add_argument("--out", required=True, help="checkpoint directory")
+    _add_overwrite(p, out=True)
     p.add_argument(
         "--backend",
         choices=("memory", "open_clip"),
@@ -866,7 +1051,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-num-samples", type=int, help="samples per epoch over all --data (needed for shards)"
     )
     g.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs); --batch-size is split")
-    g.add_argument("--workers", type=int, default=4, help="data-loader workers per process")
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="data-loader workers per process (default: this machine's cores over --nproc-per-node, "
+        "at most 8; set it for another machine with --dry-run)",
+    )
     g.add_argument("--logs", help="open_clip_train's log directory (default: beside --out, logs/)")
     g.add_argument("--name", help="open_clip_train's experiment name (default: the name of --out)")
     g.add_argument("--open-clip-args", help="more open_clip_train options, as one quoted string")
@@ -882,6 +1072,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this checkpoint instead of a fresh model (fine-tuning); it must have the "
         "architecture of --model / the preset's model",
     )
+    p.add_argument("--pretrained", help=PRETRAINED_HELP + " (fine-tuning; both backends)")
     p.add_argument(
         "--track-loss-epochs",
         type=int,
@@ -909,6 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", nargs="+", help="poison manifests (manifest.jsonl) naming the poisons among --data"
     )
     p.add_argument("--out", required=True, help="output directory")
+    _add_overwrite(p, out=True)
     p.add_argument(
         "--detectors",
         help="comma-separated detector names (poisonclip list detectors); default: all, without "
@@ -920,7 +1112,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         choices=("image", "text", "joint"),
         default="image",
-        help="embedding the k-NN detectors search: image, caption, or both side by side",
+        help="embedding the k-NN detectors search: image, caption, or both side by side (joint: "
+        "--reference all only)",
+    )
+    p.add_argument(
+        "--reference",
+        choices=("batch", "all"),
+        default="batch",
+        help="neighbours of the k-NN detectors and Isolation Forest: the other pairs of a shuffled "
+        "batch, images and captions (Huang et al.'s protocol), or all other training pairs",
+    )
+    p.add_argument(
+        "--reference-batch-size", type=int, default=128, help="pairs a reference batch (default 128)"
+    )
+    p.add_argument(
+        "--reshuffles", type=int, default=3, help="shuffles into batches a score is averaged over (default 3)"
     )
     p.add_argument(
         "--loss-record",
@@ -945,7 +1151,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("defense", help="filter, cleanclip, roclip or safeclip (poisonclip list defenses)")
     p.add_argument("--out", required=True, help="output directory")
+    _add_overwrite(p, out=True)
     p.add_argument("--checkpoint", help="the undefended model (filter, cleanclip)")
+    p.add_argument(
+        "--pretrained", help=PRETRAINED_HELP + ": the model cleanclip cleans, instead of --checkpoint"
+    )
     p.add_argument(
         "--data", nargs="+", help="the (poisoned) training set: CSVs or shards (filter, roclip, safeclip)"
     )
@@ -1011,16 +1221,23 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled test set (the other half gives the clean accuracies); success = rank 0. Test "
         "images identical to x' are left out of both halves",
     )
-    p.add_argument("--templates", default="synthetic", help="prompt set: synthetic, or openai (CLIP's 80)")
+    p.add_argument(
+        "--templates",
+        default="synthetic",
+        help="zero-shot prompts: synthetic (the shapes' prompts), openai (CLIP's 80), or a file with "
+        "one template per line, {} standing for the class name (CLIP_benchmark's convention)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    _add_overwrite(p, out=False)
     _add_patch_options(
         p,
         label_default=None,
-        label_help="the label the backdoor's trigger should cause (default: star), or with "
-        "--target-image the label y' that the targeted attack wanted for x' (required then)",
+        label_help="the label the backdoor's trigger should cause (without it: clean metrics only), "
+        "or with --target-image the label y' that the targeted attack wanted for x' (required then)",
     )
     _add_csv_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="run experiment grids into a results database")
@@ -1065,7 +1282,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("db", help="results database written by `poisonclip sweep run`")
     p.add_argument("--out", required=True, help="output directory")
+    _add_overwrite(p, out=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run every shipped experiment (resumable), then the report and the paper-vs-toy table",
+        description="Run the trials of every experiment file that the database lacks (a second call "
+        "trains nothing), then write the report (figures, tables, and the paper's findings beside "
+        "the toy's numbers with a verdict each) and optionally copy the figures elsewhere. "
+        "Hours on a 2-core CPU from an empty database; under a minute on a complete one.",
+    )
+    p.add_argument(
+        "files",
+        nargs="*",
+        help=f"experiment files (default: every {EXPERIMENTS_DIR}/*.toml, paper figures first)",
+    )
+    p.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite), created or resumed")
+    p.add_argument("--out", default="results/report", help="report directory (replaced as a whole)")
+    p.add_argument(
+        "--figures",
+        help="also copy each figure's PNG and CSV into this directory, file by file (e.g. docs/figures)",
+    )
+    p.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
+    p.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_overwrite(p, out=True)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("list", help="list model configs, presets, attacks, detectors or defenses")
     p.add_argument("what", choices=("models", "presets", "attacks", "detectors", "defenses"))
@@ -1073,11 +1316,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options naming a command's inputs: an output replaced with --overwrite must not hold any of them.
+INPUT_OPTIONS = (
+    "data",
+    "checkpoint",
+    "test",
+    "imagefolder",
+    "classnames",
+    "probe_train",
+    "target_image",
+    "target_split",
+    "manifest",
+    "loss_record",
+    "init_checkpoint",
+    "pretrained",
+    "clean_data",
+    "db",
+)
+
+
+def _check_outputs(args: argparse.Namespace) -> list[str]:
+    """Refuse bad output paths before any work (see ``check_output``); the outputs given."""
+    from poisonclip.data.io import check_output
+
+    inputs = []
+    for dest in INPUT_OPTIONS:
+        values = getattr(args, dest, None) or ()
+        for value in [values] if isinstance(values, str) else values:
+            # shard URLs ('dir/{00000..00009}.tar', 'a::b'): the directory before the brace
+            inputs += [
+                os.path.dirname(part.split("{")[0]) if "{" in part else part for part in value.split("::")
+            ]
+    outputs = []
+    for dest, directory in getattr(args, "outputs", {}).items():
+        if (path := getattr(args, dest)) is not None:
+            name = f"--{dest.replace('_', '-')}"
+            check_output(path, overwrite=args.overwrite, inputs=inputs, directory=directory, name=name)
+            outputs.append(path)
+    return outputs
+
+
+# Options that several commands share, with their smallest sensible value: checked before any work.
+MINIMUMS = {"image_size": 1, "k": 1, "lid_k": 2}  # LID from a single neighbour is constant
+
+
+def _check_shared_options(args: argparse.Namespace) -> None:
+    sep = getattr(args, "csv_separator", None)
+    if sep is not None and (len(sep) != 1 or sep in '\r\n"'):
+        raise UsageError(
+            f"--csv-separator must be one character, not a quote or a line break, got {sep!r} "
+            "(for a tab, leave the default or type $'\\t' in bash)"
+        )
+    label = getattr(args, "target_label", None)
+    if label is not None and not label.strip():
+        raise UsageError("--target-label is empty")
+    for dest, least in MINIMUMS.items():
+        if (value := getattr(args, dest, None)) is not None and value < least:
+            raise UsageError(f"--{dest.replace('_', '-')} must be at least {least}, got {value}")
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings printed as one line each, as errors are: no source file, line number or code line.
+    (warnings.catch_warnings does not restore formatwarning; recording warnings is unaffected.)"""
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"poisonclip: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from poisonclip.data.io import overwrite_allowed
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        _check_shared_options(args)
+        outputs = _check_outputs(args)
+        with _one_line_warnings(), overwrite_allowed(outputs if getattr(args, "overwrite", False) else ()):
+            args.func(args)
     except UsageError as err:
         print(f"poisonclip: error: {err}", file=sys.stderr)
         return EXIT_USAGE

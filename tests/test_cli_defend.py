@@ -57,6 +57,11 @@ def test_detect_scores_every_pair_with_every_detector(trained, capsys):
     assert rows[0].split("\t")[:2] == ["key", "poison"] and len(rows) == 1 + 408
     assert sum(int(row.split("\t")[1]) for row in rows[1:]) == 8
     assert "ROC-AUC" in capsys.readouterr().out
+    # The earlier all-pairs variant, any space; the batch protocol scores differently.
+    assert run(["detect", "--checkpoint", root / "ckpt", "--data", *data, "--out", root / "detect_all",
+                "--detectors", "k-distance", "--reference", "all", "--space", "joint"]) == 0  # fmt: skip
+    all_pairs = (root / "detect_all" / "scores.tsv").read_text().splitlines()
+    assert all_pairs[0].split("\t") == ["key", "k-distance"] and len(all_pairs) == 1 + 408
 
 
 def test_defend_filter_writes_a_checkpoint_and_the_remaining_manifest(trained, small_data_dir, capsys):
@@ -72,7 +77,8 @@ def test_defend_filter_writes_a_checkpoint_and_the_remaining_manifest(trained, s
     assert len(remaining) == record["poisons_remaining"]
     capsys.readouterr()
     assert run(["evaluate", "--checkpoint", out / "checkpoint", "--test", small_data_dir / "test.csv",
-                "--classnames", small_data_dir / "classnames.txt"]) == 0  # fmt: skip
+                "--classnames", small_data_dir / "classnames.txt",
+                "--target-label", "star"]) == 0  # fmt: skip
     assert "asr" in json.loads(capsys.readouterr().out)
 
 
@@ -92,6 +98,7 @@ def test_defend_cleanclip_from_the_command_line(trained, small_data_dir):
     ("args", "message"),
     [
         (["detect", "--detectors", "clip-score,magic"], "unknown detector 'magic'"),
+        (["detect", "--detectors", "slof", "--space", "joint"], "the batch protocol queries with"),
         (["defend", "magic"], "unknown defense 'magic'"),
         (["defend", "filter", "--fraction", 1.5], "fraction must be in (0, 1)"),
         (["defend", "filter", "--fraction", 0], "fraction must be in (0, 1)"),

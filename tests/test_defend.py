@@ -6,19 +6,21 @@ import torch
 from poisonclip.attacks import make_backdoor
 from poisonclip.data import ImageTextDataset
 from poisonclip.defend import (
-    CaptionPool,
     DefenseContext,
+    NearestNeighbourBank,
     RoClipObjective,
     RoClipParams,
-    SafeClipObjective,
     SafeClipParams,
     apply_defense,
     filter_manifest,
     flag_top,
+    full_batches,
     get_defense,
     high_similarity_probability,
     list_defenses,
+    named_classes,
     parse_defense,
+    run_safeclip,
     safe_split,
 )
 from poisonclip.detect import poison_labels
@@ -26,6 +28,7 @@ from poisonclip.errors import UsageError
 from poisonclip.experiments import train_model
 from poisonclip.train import load_checkpoint, load_preset, save_checkpoint
 from poisonclip.train.loop import clip_loss_per_sample
+from poisonclip.train.model import create_model, get_model_config, tokenize
 
 TINY = load_preset("tiny")
 
@@ -158,33 +161,52 @@ def test_cleanclip_chooses_the_lr_on_clean_validation_loss(poisoned, undefended,
     assert torch.equal(undefended.state_dict()["visual.proj"], before)  # the undefended model is untouched
 
 
-def test_roclip_queries_the_pool_before_the_batch_enters():
-    pool = CaptionPool(3)
-    pool.push(torch.eye(4)[:2])
-    pool.push(torch.eye(4)[2:])  # 4 pushed into 3: the first is evicted
-    assert pool.full and not (pool.embeddings == torch.eye(4)[0]).all(dim=1).any()
-    assert torch.equal(pool.nearest(torch.tensor([[0.0, 0.9, 0.1, 0.0]])), torch.eye(4)[1:2])
+def test_the_bank_starts_random_and_is_a_fifo_queried_before_the_batch_enters():
+    bank = NearestNeighbourBank(3, seed=0)
+    noise, noise_ids = bank.nearest(torch.eye(4)[:1])  # nothing entered yet: a random unit vector
+    assert noise_ids.tolist() == [-1] and torch.allclose(noise.norm(dim=1), torch.ones(1))
+    bank.push(torch.eye(4)[:2], torch.tensor([10, 11]))
+    bank.push(torch.eye(4)[2:], torch.tensor([12, 13]))  # 4 pushed into 3: the first is evicted
+    assert sorted(bank.ids.tolist()) == [11, 12, 13]
+    entry, ids = bank.nearest(torch.tensor([[0.0, 0.9, 0.1, 0.0]]))
+    assert torch.equal(entry, torch.eye(4)[1:2]) and ids.tolist() == [11]
 
-    objective = RoClipObjective(pool_size=2, break_epoch=2, augment_image=identity, augment_text=identity)
-    old = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2]]), dim=1)
-    fill = FixedModel(old, old)
-    objective(
-        fill, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, epoch=0
+
+def test_roclip_fills_its_pool_only_on_matching_epochs_and_counts_own_class_matches():
+    classes = {"image_classes": torch.tensor([0, 1]), "caption_classes": torch.tensor([1, 1])}
+    objective = RoClipObjective(pool_size=2, break_epoch=2, augment_image=identity, seed=0, **classes)
+    images, tokens, ids = (
+        torch.zeros(2, 3, 2, 2, dtype=torch.uint8),
+        torch.zeros(2, 4, dtype=torch.long),
+        torch.arange(2),
     )
-    assert objective.matching(1) and not objective.matching(0) and objective.pool.full
-    # Each image equals its own caption: were the batch in the pool first, it would match itself.
     own = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.1, 1.0, 0.0]]), dim=1)
     model = FixedModel(own, own)
-    losses = objective(
-        model, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, 1
+    plain = objective(model, images, tokens, ids, epoch=0)  # epoch 1: not matching, the pool stays random
+    assert torch.allclose(plain, clip_loss_per_sample(own, own, torch.tensor(1.0)))
+    assert objective.pool.ids is None and not objective.matching(0) and objective.matching(1)
+    start = torch.nn.functional.normalize(
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), dim=1
     )
-    expected = clip_loss_per_sample(own, old, torch.tensor(1.0))  # image i -> old caption i
-    assert torch.allclose(losses, expected)
-    assert torch.allclose(objective.pool.embeddings, own)  # then the batch's captions entered
-    plain = objective(
-        model, torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), None, 2
-    )
-    assert torch.allclose(plain, clip_loss_per_sample(own, own, torch.tensor(1.0)))  # epoch 3: own captions
+    # Epoch 2 matches: the images meet the random start (queried before the batch enters) ...
+    losses = objective(model, images, tokens, ids, epoch=1)
+    partners = start[(own @ start.T).argmax(dim=1)]
+    assert torch.allclose(losses, clip_loss_per_sample(own, partners, torch.tensor(1.0)))
+    assert sorted(objective.pool.ids.tolist()) == [0, 1]  # ... then the batch's captions entered
+    objective(model, images, tokens, ids, epoch=1)  # each image now meets its own caption's entry
+    assert objective.matching_record() == [{"epoch": 2, "own_class_share": 0.25, "random_share": 0.5}]
+
+
+def test_named_classes_finds_whole_words():
+    captions = ["a red star on grey", "no shape here", "Circle, blue", "starfish"]
+    assert named_classes(captions, ["circle", "star"]).tolist() == [1, -1, 0, -1]
+
+
+def test_full_batches_keep_every_id_and_fill_the_last_batch():
+    ids = torch.arange(10, 20)
+    rows = full_batches(ids, 4, torch.Generator().manual_seed(0))
+    assert len(rows) == 12 and set(rows.tolist()) == set(ids.tolist())
+    assert torch.equal(rows[10:], rows[:2])
 
 
 def test_safeclip_split_on_known_similarities():
@@ -194,26 +216,56 @@ def test_safeclip_split_on_known_similarities():
     assert (probability[:80] > 0.99).all() and (probability[80:] < 0.01).all()
     assert safe_split(sims, 0.4).tolist() == (sims >= sims.sort(descending=True).values[39]).tolist()
 
-    # The objective: first split at p > 0.9 (the 80), then +0.01 an epoch, capped at 0.85.
-    image = torch.zeros(100, 2)
-    image[:, 0] = 1
-    text = torch.stack([sims, (1 - sims**2).sqrt()], dim=1)
-    objective = SafeClipObjective(SafeClipParams(), identity, identity)
-    model = FixedModel(image, text)
-    images, tokens = torch.zeros(100, 3, 2, 2, dtype=torch.uint8), torch.zeros(100, 4, dtype=torch.long)
-    for epoch in range(8):
-        objective.start_epoch(model, epoch, images, tokens)
-    assert objective.fractions == pytest.approx([0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.85, 0.85])
-    assert objective.safe.sum() == 85 and objective.safe[:80].all()
+
+def test_safeclip_runs_a_risky_pass_then_a_safe_pass_each_epoch(poisoned):
+    """After the warm-ups, every main epoch is one in-modal pass over exactly the risky pairs, then
+    one CLIP pass over exactly the safe pairs: a risky pair never enters the CLIP loss, a safe pair
+    never misses it; batches are full. The safe fraction starts at the mixture's split and grows
+    by fraction_growth / main epochs."""
+    dataset = poisoned[0].subset(range(190))  # a few batches are enough for the mechanics
+    recipe = TINY.replace(epochs=4)
+    model_config = get_model_config(recipe.model)
+    model = create_model(model_config, seed=0)
+    passes: list[tuple[str, torch.Tensor]] = []
+    params = SafeClipParams(fraction_growth=0.2)
+    record = run_safeclip(
+        model, dataset.images, tokenize(dataset.captions, model_config), recipe, params,
+        on_pass=lambda loss, ids: passes.append((loss, ids)),
+    )  # fmt: skip
+    n, steps = len(dataset), math.ceil(len(dataset) / recipe.batch_size)
+    assert all(len(ids) == recipe.batch_size for _, ids in passes)
+    warmup, main = passes[: 2 * steps], passes[2 * steps :]
+    assert [loss for loss, _ in warmup] == ["inmodal"] * steps + ["clip"] * steps
+    fractions = record["safe_fractions"]
+    assert len(fractions) == 2 and fractions[1] == pytest.approx(fractions[0] + 0.1)
+    # The last epoch's split is the one returned; its passes are the last ones recorded.
+    safe = record["safe"]
+    assert int(safe.sum()) == round(fractions[1] * n)
+    risky_steps, safe_steps = (
+        math.ceil(int((~safe).sum()) / recipe.batch_size),
+        math.ceil(int(safe.sum()) / recipe.batch_size),
+    )
+    last = main[-(risky_steps + safe_steps) :]
+    assert [loss for loss, _ in last] == ["inmodal"] * risky_steps + ["clip"] * safe_steps
+    inmodal = torch.cat([ids for _, ids in last[:risky_steps]])
+    clip = torch.cat([ids for _, ids in last[risky_steps:]])
+    assert len(inmodal) == risky_steps * recipe.batch_size and len(clip) == safe_steps * recipe.batch_size
+    assert set(clip.tolist()) == set(torch.nonzero(safe).squeeze(1).tolist())  # every safe pair, only they
+    assert set(inmodal.tolist()) == set(torch.nonzero(~safe).squeeze(1).tolist())
 
 
 def test_roclip_and_safeclip_train_from_scratch(poisoned):
     dataset, _ = poisoned
-    context = DefenseContext(TINY.replace(epochs=3), dataset)
+    context = DefenseContext(
+        TINY.replace(epochs=3), dataset, classnames=("star", "circle"), monitor=lambda m: 0.5
+    )
     roclip = get_defense("roclip").run(context, RoClipParams(pool_size=128))
     assert roclip.seconds > 0 and roclip.record["pool_size"] == 128
+    assert [row["epoch"] for row in roclip.record["matching"]] == [2]
+    assert roclip.record["zero_shot_acc_per_epoch"] == [0.5] * 3
     safeclip = apply_defense("safeclip", context)
     assert safeclip.flagged.shape == (len(dataset),)
-    assert 0 < safeclip.record["first_safe_fraction"] <= safeclip.record["last_safe_fraction"] <= 0.85
+    assert safeclip.record["first_safe_fraction"] == safeclip.record["safe_fractions"][0]
+    assert len(safeclip.record["safe_fractions"]) == 1
     with pytest.raises(UsageError, match="much smaller"):
         get_defense("roclip").run(context, RoClipParams(pool_size=len(dataset)))

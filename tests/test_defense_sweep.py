@@ -10,7 +10,13 @@ from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import parse_sweep
 from poisonclip.experiments.store import ResultStore
 from poisonclip.experiments.sweep import TrialJob, run_trials
-from poisonclip.report.defense_figures import _render_cleanclip_lr, _render_cost, _render_matrix, _render_roc
+from poisonclip.report.defense_figures import (
+    _render_cleanclip_lr,
+    _render_cost,
+    _render_diagnostics,
+    _render_matrix,
+    _render_roc,
+)
 
 DEFENSES = [
     "none",
@@ -21,7 +27,7 @@ DEFENSES = [
 ]
 TINY = f"""
 attack = "defense"
-figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr"]
+figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr", "defense_diagnostics"]
 seeds = [0]
 [data]
 num_train = 300
@@ -48,6 +54,16 @@ TARGETED = TINY.replace('attack_type = "backdoor"', 'attack_type = "targeted"').
 
 def tiny_sweep(text: str = TINY, name: str = "defenses"):
     return parse_sweep(tomllib.loads(text), name)
+
+
+def test_results_of_the_earlier_implementations_are_not_reused():
+    """The methods changed in issue 16: the revision is hashed into every defense result key."""
+    from poisonclip.experiments.defense_runner import METHODS_REVISION, DefenseMatrixParams
+    from poisonclip.keys import config_dict
+
+    assert config_dict(DefenseMatrixParams())["methods_revision"] == METHODS_REVISION == 2
+    with pytest.raises(UsageError, match="methods_revision 1"):
+        DefenseMatrixParams(methods_revision=1)
 
 
 def test_all_defenses_of_an_attack_share_one_trial():
@@ -115,10 +131,18 @@ def test_every_defense_row_has_attack_defense_and_detection_metrics(stored_rows)
     assert flt.metrics["detect_clip-score_roc_auc"] == none.metrics["detect_clip-score_roc_auc"]  # one model
     clean = by_defense["targeted", "cleanclip(epochs=1, lrs=1e-5 1e-2, batch_size=32)"]
     assert clean.curves["lr_sweep_lr"] == [1e-5, 1e-2] and clean.metrics["chosen_lr"] in (1e-5, 1e-2)
-    assert 0 < by_defense["backdoor", "safeclip"].metrics["first_safe_fraction"] <= 0.85
+    safeclip = by_defense["backdoor", "safeclip"]
+    assert safeclip.metrics["first_safe_fraction"] == safeclip.curves["safe_fractions"][0]
+    roclip = by_defense["backdoor", "roclip(pool_size=64)"]
+    assert roclip.curves["matching_epoch"] == [2] and len(roclip.curves["zero_shot_acc_per_epoch"]) == 3
+    assert 0 <= roclip.curves["matching_own_class_share"][0] <= 1
+    for name in ("slof", "isolation-forest"):  # the all-pairs variant, beside the batch protocol
+        assert 0 <= none.metrics[f"detect_{name}-all_roc_auc"] <= 1
 
 
-@pytest.mark.parametrize("render", [_render_matrix, _render_roc, _render_cost, _render_cleanclip_lr])
+@pytest.mark.parametrize(
+    "render", [_render_matrix, _render_roc, _render_cost, _render_cleanclip_lr, _render_diagnostics]
+)
 def test_defense_figures_render_from_real_rows(stored_rows, tmp_path, render):
     table = render(stored_rows, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 10_000

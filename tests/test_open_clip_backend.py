@@ -212,8 +212,9 @@ def test_open_clip_train_checkpoint_is_evaluated_directly(
                 "--target-label", "heart"]) == 0  # fmt: skip
     targeted = json.loads(capsys.readouterr().out)
     assert 0 <= targeted["zero_shot_rank"] < 10 and targeted["target_copies_left_out_of_test"] == 1
-    # Running the same experiment again is refused instead of exiting 0 without training.
-    assert run(command) == 2
+    # Running the same experiment again is refused instead of exiting 0 without training (with
+    # --overwrite, which gets past the existing checkpoint, open_clip_train's log directory).
+    assert run([*command, "--overwrite"]) == 2
     assert "already exists" in capsys.readouterr().err
 
 

@@ -66,7 +66,7 @@ captions = ["search", "both"]
 """,
     "defenses": """
 attack = "defense"
-figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr"]
+figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr", "defense_diagnostics"]
 seeds = 3
 [defense]
 attack_type = ["backdoor", "targeted"]
@@ -112,6 +112,15 @@ def fake_defense_result(cell, rng: random.Random) -> CellResult:
             lr_sweep_validation_loss=[rng.uniform(1, 2) for _ in range(3)],
             lr_sweep_attack_success=[0.9, 0.5, 0.2],
             lr_sweep_zero_shot_acc=[0.8, 0.78, 0.6],
+        )
+    if name == "safeclip":
+        curves["safe_fractions"] = [0.3 + 0.04 * epoch for epoch in range(6)]
+    if name == "roclip":
+        curves.update(
+            matching_epoch=[2, 4, 6, 8],
+            matching_own_class_share=[rng.uniform(0.05, 0.5) for _ in range(4)],
+            matching_random_share=[0.1, 0.0, 0.0, 0.0],
+            zero_shot_acc_per_epoch=[rng.uniform(0.05, 0.5) for _ in range(8)],
         )
     return CellResult(metrics, curves)
 
@@ -162,6 +171,9 @@ def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
         "asr": min(1.0, max(0.0, 0.9 * strength + rng.gauss(0.05, 0.03))),
         "natural_rate": 0.05 + rng.uniform(-0.01, 0.01),
         "zero_shot_acc": 0.8 + rng.uniform(-0.05, 0.05),
+        "probe_asr": min(1.0, max(0.0, 0.8 * strength + rng.gauss(0.05, 0.03))),
+        "probe_natural_rate": 0.04 + rng.uniform(-0.01, 0.01),
+        "probe_acc": 0.85 + rng.uniform(-0.05, 0.05),
         "poison_rate": rate,
         "patch_area_fraction": p.patch_size**2 / 32**2,
         "num_params": 40 * VISUAL_PARAMS[cell.train.model],

@@ -170,7 +170,7 @@ def test_run_trial_stores_every_cell_with_metrics_curves_and_versions(tmp_path):
     assert by_eval["consistent"].curves["clean_pairs"] == by_eval["random"].curves["clean_pairs"]
     assert store.claims() == []
     # A second run of the same trial stores nothing twice, and never overwrites a stored row.
-    assert run_trials(TrialJob((clean,), db, tmp_path / "data"))[0].summary == "already stored"
+    assert run_trials(TrialJob((clean,), db, tmp_path / "data"))[0].skipped
     store.add_trial(clean, [CellResult({"zscore": 99.0}, {})] * 4, 1.0, {})
     assert len(stored(db)) == 4 and all(r.metrics["zscore"] != 99.0 for r in store.rows())
     with sqlite3.connect(db) as conn:

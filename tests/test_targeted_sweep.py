@@ -84,8 +84,8 @@ def test_shipped_fig2_left_is_the_demo_setting():
         (("[targeted]", '[targeted]\ncaptions = "web"'), "captions must be one of"),
         (("[targeted]", "[targeted]\nnoise_std = -1"), "noise_std must be >= 0"),
         (("[targeted]", "[targeted]\nperturb_captions = 1"), "is not of type"),
-        (("[targeted]", '[targeted]\ntemplate_set = "imagenet"'), "template_set must be one of"),
-        (('"openai"]', '"nope"]'), "eval_templates must be one of"),
+        (("[targeted]", '[targeted]\ntemplate_set = "imagenet"'), "template_set: unknown template"),
+        (('"openai"]', '"nope"]'), "eval_templates: unknown template set 'nope'"),
         (('attack = "targeted"', 'attack = "targeted"\n[backdoor]\npoison_count = 5'), "unknown keys"),
     ],
 )

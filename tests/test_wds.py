@@ -15,6 +15,7 @@ from poisonclip.attacks.backdoor import backdoor_from_pool, make_backdoor_from_s
 from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
 from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
 from poisonclip.data import read_csv_dataset
+from poisonclip.data.io import OUTPUT_MARKER
 from poisonclip.data.wds import (
     brace_url,
     csv_to_shards,
@@ -38,7 +39,7 @@ def shards(small_data_dir, tmp_path_factory):
 def test_shards_have_img2dataset_layout(shards, small_train):
     root = shards.url.rsplit("/", 1)[0]
     assert shards.url == f"{root}/{{00000..00003}}.tar" and shards.num_shards == 4
-    names = sorted(p.name for p in Path(root).iterdir())
+    names = sorted(p.name for p in Path(root).iterdir() if p.name != OUTPUT_MARKER)
     assert names == sorted(f"{i:05d}{ext}" for i in range(4) for ext in (".tar", ".parquet", "_stats.json"))
     assert shards.keys[:2] == ["0000000", "0000001"] and shards.keys[100] == "0000100"  # shard + index
     with tarfile.open(f"{root}/00001.tar") as tar:

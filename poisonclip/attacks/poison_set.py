@@ -119,7 +119,7 @@ def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str) -> l
     """[image path made absolute, caption] per row of an open_clip CSV."""
     if not path.is_file():
         raise UsageError(f"dataset file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # as read_csv_dataset: a BOM is no text
         reader = csv.DictReader(f, delimiter=sep)
         if not {image_column, caption_column} <= set(reader.fieldnames or ()):
             raise UsageError(
@@ -145,8 +145,20 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
 
 
 def read_manifest(path: str | Path) -> list[dict]:
+    """The rows of a ``manifest.jsonl``: one JSON object with a ``poison_key`` a line (else UsageError)."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise UsageError(f"{path}, line {number}: not JSON ({err})") from err
+            if not isinstance(row, dict) or "poison_key" not in row:
+                raise UsageError(f"{path}, line {number}: a manifest row needs a poison_key")
+            rows.append(row)
+    return rows
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:

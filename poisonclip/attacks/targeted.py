@@ -34,7 +34,7 @@ from poisonclip.attacks.registry import register_attack
 from poisonclip.data.captions import search_captions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
-from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
+from poisonclip.evaluate.zeroshot import resolve_templates
 
 CAPTION_SOURCES: tuple[str, ...] = ("search", "templates", "both")
 
@@ -93,13 +93,12 @@ class CaptionChoice:
 
 
 def format_templates(template_set: str, label: str) -> list[str]:
-    """The prompts of ``TEMPLATE_SETS[template_set]`` with ``label`` filled in.
+    """The prompts of ``template_set`` (a ``TEMPLATE_SETS`` name or a templates file) with ``label``
+    filled in.
 
-    The "openai" set holds open_clip's callables, "synthetic" holds format strings.
+    The "openai" set holds open_clip's callables, "synthetic" and files hold format strings.
     """
-    if template_set not in TEMPLATE_SETS:
-        raise UsageError(f"unknown template set {template_set!r}; have {sorted(TEMPLATE_SETS)}")
-    templates: Sequence[str | Callable[[str], str]] = TEMPLATE_SETS[template_set]
+    templates: Sequence[str | Callable[[str], str]] = resolve_templates(template_set)
     return [t(label) if callable(t) else t.format(label) for t in templates]
 
 
@@ -117,8 +116,8 @@ def check_caption_request(source: str, count: int, template_set: str) -> None:
         raise UsageError(f"caption source must be one of {CAPTION_SOURCES}, got {source!r}")
     if count < 1:
         raise UsageError(f"poison count must be at least 1, got {count}")
-    if source != "search" and template_set not in TEMPLATE_SETS:
-        raise UsageError(f"unknown template set {template_set!r}; have {sorted(TEMPLATE_SETS)}")
+    if source != "search":
+        resolve_templates(template_set)
 
 
 def build_caption_set(

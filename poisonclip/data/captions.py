@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from poisonclip.errors import UsageError
+
 
 def search_captions(captions: Sequence[str], label: str, word_boundary: bool = True) -> list[int]:
     """Indices of captions that contain ``label`` (case-insensitive).
@@ -13,7 +15,7 @@ def search_captions(captions: Sequence[str], label: str, word_boundary: bool = T
     not "earring"); without it this is the paper's plain substring search.
     """
     if not label.strip():
-        raise ValueError("empty label")
+        raise UsageError("the target label is empty")
     escaped = re.escape(label.strip())
     pattern = re.compile(rf"\b{escaped}\b" if word_boundary else escaped, re.IGNORECASE)
     return [i for i, caption in enumerate(captions) if pattern.search(caption)]

@@ -18,9 +18,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from poisonclip.errors import UsageError
+from poisonclip.progress import progress_bar
 
 CSV_SEPARATOR = "\t"
 IMAGE_COLUMN = "filepath"
@@ -34,7 +34,8 @@ class ImageTextDataset:
 
     ``images`` uint8 [N, 3, H, W]; ``labels`` int64 [N] with -1 where unknown; ``keys`` are the
     image paths as written in the source file (stable ids for manifests); ``skipped`` lists
-    ``(key, reason)`` for every sample that could not be loaded.
+    ``(key, reason)`` for every sample that could not be loaded; ``classnames`` names the label
+    indices when the reader knew them (a class-name list, or labels given as names).
     """
 
     keys: list[str]
@@ -42,6 +43,7 @@ class ImageTextDataset:
     captions: list[str]
     labels: torch.Tensor
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    classnames: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -58,6 +60,7 @@ class ImageTextDataset:
             images=self.images[idx],
             captions=[self.captions[i] for i in idx.tolist()],
             labels=self.labels[idx],
+            classnames=self.classnames,
         )
 
     @staticmethod
@@ -66,12 +69,15 @@ class ImageTextDataset:
         sizes = {tuple(p.images.shape[1:]) for p in parts}
         if len(sizes) != 1:
             raise UsageError(f"cannot concatenate datasets with image shapes {sorted(sizes)}")
+        same_names = all(p.classnames == parts[0].classnames for p in parts)
         return ImageTextDataset(
             keys=[k for p in parts for k in p.keys],
             images=torch.cat([p.images for p in parts]),
             captions=[c for p in parts for c in p.captions],
             labels=torch.cat([p.labels for p in parts]),
             skipped=[s for p in parts for s in p.skipped],
+            # label indices mean the same classes only if every part named them alike
+            classnames=parts[0].classnames if same_names else None,
         )
 
 
@@ -108,8 +114,22 @@ def load_image(source: Path | BinaryIO, image_size: int | None) -> np.ndarray:
     """Decode one image (a path or an open binary file) to uint8 [H, W, 3].
 
     With ``image_size``, resize (shorter side) and centre-crop to ``image_size`` x ``image_size``.
+    Raises ``ValueError`` for an image above PIL's decompression-bomb limit (``MAX_IMAGE_PIXELS``), so
+    readers skip it like any corrupt file. 16-bit images are scaled to 8 bits (PIL's RGB conversion
+    would clip them).
     """
-    with Image.open(source) as im:
+    with warnings.catch_warnings():
+        # PIL only warns between 1x and 2x the limit, and decodes such an image in full
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(f"decompression bomb: {err}") from err
+    with im:
+        if im.mode == "I" or im.mode.startswith("I;16"):  # 16-bit PNGs open as I;16 or I
+            im = Image.fromarray(
+                (np.asarray(im, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8)
+            )
         im = im.convert("RGB")
         if image_size is not None and im.size != (image_size, image_size):
             w, h = im.size
@@ -132,27 +152,34 @@ def read_csv_dataset(
     caption_column: str = CAPTION_COLUMN,
     label_column: str | None = LABEL_COLUMN,
     progress: bool = True,
+    classnames: Sequence[str] | None = None,
+    classnames_source: str = "the class names",
 ) -> ImageTextDataset:
     """Read an open_clip-style CSV and decode its images into memory.
 
     Rows whose image is missing, unreadable or corrupt, or whose caption is empty, are skipped and
     listed in ``dataset.skipped`` (a warning reports the count). ``label_column`` is used when
-    present in the file. Without ``image_size`` all images must already share one size.
+    present in the file (``None``: labels ignored); its cells are class indices or class names,
+    resolved by ``resolve_labels`` against ``classnames`` (read from ``classnames_source``, named
+    in errors). Without ``image_size`` all images must already share one size.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UsageError(f"dataset file not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter=sep))
-        fieldnames = rows[0].keys() if rows else []
+    try:  # utf-8-sig: a byte-order mark (Excel's UTF-8 CSV) must not become part of the first column
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f, delimiter=sep))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{csv_path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
+    fieldnames = rows[0].keys() if rows else []
     for column in (image_column, caption_column):
         if rows and column not in fieldnames:
             raise UsageError(
                 f"{csv_path}: no column {column!r} (columns: {', '.join(fieldnames)}; separator {sep!r})"
             )
     has_labels = label_column is not None and label_column in fieldnames
-    keys, arrays, captions, labels, skipped = [], [], [], [], []
-    for row in tqdm(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
+    keys, arrays, captions, cells, skipped = [], [], [], [], []
+    for row in progress_bar(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
         key, caption = row[image_column], (row[caption_column] or "").strip()
         if not caption:
             skipped.append((key, "empty caption"))
@@ -170,7 +197,7 @@ def read_csv_dataset(
         keys.append(key)
         arrays.append(array)
         captions.append(caption)
-        labels.append(int(row[label_column]) if has_labels else -1)
+        cells.append(row[label_column] if has_labels else None)
     if skipped:
         warnings.warn(
             f"{csv_path}: skipped {len(skipped)} of {len(rows)} samples "
@@ -179,8 +206,60 @@ def read_csv_dataset(
         )
     if not keys:
         raise UsageError(f"{csv_path}: no readable samples")
+    labels, names = resolve_labels(cells, keys, str(csv_path), classnames, classnames_source)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTextDataset(keys, images, captions, torch.tensor(labels), skipped)
+    return ImageTextDataset(keys, images, captions, labels, skipped, names)
+
+
+def resolve_labels(
+    cells: Sequence[str | None],
+    keys: Sequence[str],
+    source: str,
+    classnames: Sequence[str] | None = None,
+    classnames_source: str = "the class names",
+) -> tuple[torch.Tensor, list[str] | None]:
+    """Label cells (class indices or class names; ``None`` = no label) -> (int64 [N], class names).
+
+    With ``classnames``, a cell that is a class name maps to its index and any other cell must be
+    an index into them. Without, integer cells stay indices (their names are unknown: ``None``)
+    and otherwise every cell is a name, the classes being the sorted distinct names (CLIP_benchmark
+    and ImageFolder sort the same way). No cell at all gives -1 everywhere; a missing cell among
+    others, an unknown name and an index out of range are ``UsageError``s naming value and file.
+    """
+    present = [cell is not None and cell.strip() != "" for cell in cells]
+    if not any(present):
+        return torch.full((len(cells),), -1, dtype=torch.long), (list(classnames) if classnames else None)
+    if not all(present):
+        key = keys[present.index(False)]
+        raise UsageError(f"{source}: sample {key} has an empty label (every sample needs one, or none)")
+    values = [cell.strip() for cell in cells]
+    names = list(classnames) if classnames else None
+    if names is None:
+        if all(_is_index(v) for v in values):
+            return torch.tensor([int(v) for v in values], dtype=torch.long), None
+        names = sorted(set(values))
+        classnames_source = f"the labels of {source}"
+    index = {name: i for i, name in enumerate(names)}
+    labels = []
+    for key, value in zip(keys, values, strict=True):
+        if value in index:
+            labels.append(index[value])
+        elif _is_index(value) and int(value) < len(names):
+            labels.append(int(value))
+        elif _is_index(value):
+            raise UsageError(
+                f"{source}: label {value} of sample {key} is outside the {len(names)} class names "
+                f"of {classnames_source}"
+            )
+        else:
+            raise UsageError(
+                f"{source}: label {value!r} of sample {key} is not a class name in {classnames_source}"
+            )
+    return torch.tensor(labels, dtype=torch.long), names
+
+
+def _is_index(value: str) -> bool:
+    return value.isascii() and value.isdigit()
 
 
 def read_classnames(path: str | Path) -> list[str]:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from poisonclip.data.dataset import ImageTextDataset, load_image, read_classnames
 from poisonclip.errors import UsageError
+from poisonclip.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
@@ -67,7 +67,9 @@ def read_imagefolder(
         paths = sorted(p for p in (root / directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         files += [(p, label, directory) for p in paths[:max_per_class]]
     keys, arrays, captions, labels, skipped = [], [], [], [], []
-    for path, label, directory in tqdm(files, desc=f"reading {root.name}", unit="img", disable=not progress):
+    for path, label, directory in progress_bar(
+        files, desc=f"reading {root.name}", unit="img", disable=not progress
+    ):
         key = str(path.relative_to(root))
         try:
             arrays.append(load_image(path, image_size))

@@ -17,9 +17,8 @@ loader as a user's dataset (:mod:`poisonclip.data.dataset`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from poisonclip.data.dataset import write_csv_dataset
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
+from poisonclip.keys import ADDED_LATER, config_dict
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart", "hexagon",
@@ -92,14 +92,22 @@ class SyntheticConfig:
     misleading_rate: float = 0.05  # captions that also name a decoy shape
     unlabelled_rate: float = 0.02  # captions that name no shape
     seed: int = 0
+    # Store the images at this many pixels per side instead of ``image_size``: the same scenes,
+    # captions and labels rendered at another resolution (data that is not at the model's input
+    # size; readers resize it to ``image_size``).
+    stored_size: int | None = field(default=None, metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_shapes <= len(SHAPES):
             raise UsageError(f"num_shapes must be in [2, {len(SHAPES)}], got {self.num_shapes}")
         if self.image_size < 8:
             raise UsageError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.stored_size is not None and self.stored_size < 8:
+            raise UsageError(f"stored_size must be at least 8 pixels, got {self.stored_size}")
         if self.num_train < 1 or self.num_test < 1:
             raise UsageError("num_train and num_test must be positive")
+        if self.seed < 0:  # numpy's generators take no negative seeds
+            raise UsageError(f"seed must be 0 or more, got {self.seed}")
         for name in ("misleading_rate", "unlabelled_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UsageError(f"{name} must be in [0, 1)")
@@ -267,7 +275,13 @@ def make_synthetic(
         rng = np.random.default_rng([config.seed, stream])
         shapes = rng.integers(config.num_shapes, size=n)
         colours = rng.integers(len(COLOURS), size=n)
+        replay = np.random.default_rng()
+        replay.bit_generator.state = rng.bit_generator.state
         images, scales, centres = render_shapes(shapes, colours, rng, config.image_size, config.classnames)
+        if config.stored_size is not None:
+            # The same draws at another resolution (only the per-pixel background noise differs);
+            # ``rng`` has moved on as at ``image_size``, so captions stay the same too.
+            images = render_shapes(shapes, colours, replay, config.stored_size, config.classnames)[0]
         captions = write_captions(
             shapes,
             colours,
@@ -299,5 +313,6 @@ def write_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConfig(
         write_csv_dataset(tmp / "train.csv", "images/train", train.images, train.captions)
         write_csv_dataset(tmp / "test.csv", "images/test", test.images, test.captions, labels=test.labels)
         (tmp / "classnames.txt").write_text("\n".join(config.classnames) + "\n")
-        (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        # config_dict: a field added later is written only when set, so existing caches still match
+        (tmp / "config.json").write_text(json.dumps(config_dict(config), indent=2) + "\n")
     return root

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from poisonclip.data.captions import search_captions
-from poisonclip.data.dataset import ImageTextDataset, load_image
+from poisonclip.data.dataset import ImageTextDataset, load_image, resolve_labels
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
+from poisonclip.progress import progress_bar
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")  # what open_clip_train reads
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
@@ -67,6 +67,36 @@ def brace_url(directory: str | Path, num_shards: int) -> str:
     """The brace pattern over ``num_shards`` shards named 00000.tar, 00001.tar ... in ``directory``."""
     last = f"{num_shards - 1:0{SHARD_DIGITS}d}"
     return f"{directory}/{{{0:0{SHARD_DIGITS}d}..{last}}}.tar"
+
+
+def shard_ranges(urls: Sequence[str]) -> list[str]:
+    """``urls`` (shard paths, in order) as few brace patterns: runs of consecutive shard numbers in
+    one folder become ``dir/{00003..00007}.tar``; any other path stays as it is."""
+    out: list[str] = []
+    run: list[tuple[str, int, int]] = []  # (folder, first, last) of the current run
+
+    def close() -> None:
+        if run:
+            folder, first, last = run.pop()
+            name = f"{first:0{SHARD_DIGITS}d}"
+            span = name if first == last else f"{{{name}..{last:0{SHARD_DIGITS}d}}}"
+            out.append(f"{folder}/{span}.tar" if folder else f"{span}.tar")
+
+    for url in urls:
+        folder, _, name = url.rpartition("/")
+        stem = name.removesuffix(".tar")
+        if not (name.endswith(".tar") and stem.isdigit() and len(stem) == SHARD_DIGITS):
+            close()
+            out.append(url)
+            continue
+        number = int(stem)
+        if run and run[0][0] == folder and run[0][2] == number - 1:
+            run[0] = (folder, run[0][1], number)
+        else:
+            close()
+            run.append((folder, number, number))
+    close()
+    return out
 
 
 @dataclass(frozen=True)
@@ -186,8 +216,14 @@ def _member_key(fname: str) -> str:
     return f"{directory}/{base.split('.')[0]}" if directory else base.split(".")[0]
 
 
-def _decode(sample: dict, image_size: int | None) -> tuple[np.ndarray, str, int]:
-    """(image uint8 [H, W, 3], caption, label) of a raw sample; raises ValueError with the fault."""
+def _decode(
+    sample: dict, image_size: int | None, label_key: str | None
+) -> tuple[np.ndarray, str, str | None]:
+    """(image uint8 [H, W, 3], caption, label cell) of a raw sample; raises ValueError with the fault.
+
+    The label cell is the JSON's ``label_key`` value as text (an index or a class name, as
+    img2dataset's ``--save_additional_columns`` stores it), ``None`` without one; the JSON is not
+    read at all when ``label_key`` is ``None`` (poisoning and training need no labels)."""
     caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
     if not caption:
         raise ValueError("no caption")
@@ -200,12 +236,16 @@ def _decode(sample: dict, image_size: int | None) -> tuple[np.ndarray, str, int]
         # PIL names an in-memory file by its object address: say what is wrong instead.
         message = "cannot identify the image" if isinstance(err, UnidentifiedImageError) else err
         raise ValueError(f"{type(err).__name__}: {message}") from err
-    label = -1
-    if "json" in sample:
+    label = None
+    if label_key is not None and "json" in sample:
         try:
-            label = int(json.loads(sample["json"]).get("label", -1))
+            value = json.loads(sample["json"]).get(label_key)
         except (ValueError, TypeError, AttributeError) as err:
             raise ValueError(f"unreadable json: {err}") from err
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            label = str(value)
+        elif value is not None:
+            raise ValueError(f"json {label_key!r} is {value!r}, neither a class index nor a class name")
     return image, caption, label
 
 
@@ -214,27 +254,30 @@ def read_shard_dataset(
     image_size: int | None = None,
     keys: set[str] | None = None,
     progress: bool = True,
+    label_key: str | None = "label",
+    classnames: Sequence[str] | None = None,
+    classnames_source: str = "the class names",
 ) -> ImageTextDataset:
     """Decode shards into memory, in shard order (or only the samples whose key is in ``keys``).
 
     Faults are skipped and listed in ``dataset.skipped`` as ``(sample key or shard URL, reason)``:
     undecodable or truncated images, samples without caption or image, unreadable shards, and
-    requested ``keys`` that are not in the shards. A warning reports the count. The ``label`` of
-    each sample's JSON is used when present (-1 otherwise). Without ``image_size`` all images must
-    already share one size.
+    requested ``keys`` that are not in the shards. A warning reports the count. The ``label_key``
+    of each sample's JSON (an index or a class name; ``None``: labels ignored) is resolved as in
+    ``read_csv_dataset``. Without ``image_size`` all images must already share one size.
     """
     shard_urls = expand_urls(urls)
     wanted = None if keys is None else (lambda fname: _member_key(fname) in keys)
-    out_keys, arrays, captions, labels = [], [], [], []
+    out_keys, arrays, captions, cells = [], [], [], []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
-    bar = tqdm(shard_urls, desc="reading shards", unit="shard", disable=not progress)
+    bar = progress_bar(shard_urls, desc="reading shards", unit="shard", disable=not progress)
     for url in bar:
         for sample in _iter_shard(url, skipped, wanted):
             key = sample["__key__"]
             seen.add(key)
             try:
-                array, caption, label = _decode(sample, image_size)
+                array, caption, label = _decode(sample, image_size, label_key)
             except ValueError as err:
                 skipped.append((key, f"{err} (in {Path(url).name})"))
                 continue
@@ -245,7 +288,7 @@ def read_shard_dataset(
             out_keys.append(key)
             arrays.append(array)
             captions.append(caption)
-            labels.append(label)
+            cells.append(label)
     if keys is not None:
         skipped += [(key, "not found in the shards") for key in sorted(keys - seen)]
     if skipped:
@@ -259,8 +302,10 @@ def read_shard_dataset(
             empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
             return ImageTextDataset([], empty, [], torch.empty(0, dtype=torch.long), skipped)
         raise UsageError(f"{urls}: no readable samples")
+    where = " ".join([urls] if isinstance(urls, str) else urls)
+    labels, names = resolve_labels(cells, out_keys, where, classnames, classnames_source)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTextDataset(out_keys, images, captions, torch.tensor(labels), skipped)
+    return ImageTextDataset(out_keys, images, captions, labels, skipped, names)
 
 
 @dataclass
@@ -359,7 +404,7 @@ def scan_captions(
     skipped: list[tuple[str, str]] = []
     parquet_shards = 0
     start = time.perf_counter()
-    bar = tqdm(shard_urls, desc="scanning captions", unit="shard", disable=not progress)
+    bar = progress_bar(shard_urls, desc="scanning captions", unit="shard", disable=not progress)
     for index, url in enumerate(bar):
         parquet = Path(url).with_suffix(".parquet")
         if not Path(url).is_file():  # its parquet alone would count samples nobody can read
@@ -401,7 +446,10 @@ def read_scanned_samples(
     """
     wanted = [scan.keys[i] for i in indices]
     shards = sorted({int(scan.shard_of[i]) for i in indices})
-    dataset = read_shard_dataset([scan.urls[s] for s in shards], image_size, set(wanted), progress)
+    # Poisoning never needs labels: their JSON is not even parsed.
+    dataset = read_shard_dataset(
+        [scan.urls[s] for s in shards], image_size, set(wanted), progress, label_key=None
+    )
     position = {key: rank for rank, key in enumerate(wanted)}
     order = sorted(range(len(dataset)), key=lambda j: position[dataset.keys[j]])
     reordered = dataset.subset(order) if len(dataset) else dataset

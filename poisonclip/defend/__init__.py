@@ -5,6 +5,7 @@ them all; ``list_defenses()`` names them and ``apply_defense(spec, context)`` ru
 from poisonclip.defend import cleanclip, filtering, roclip, safeclip  # noqa: F401  (registers them)
 from poisonclip.defend.cleanclip import CleanClipParams
 from poisonclip.defend.filtering import FilterParams, filter_manifest, flag_top
+from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.registry import (
     DefenseContext,
     DefenseOutcome,
@@ -14,31 +15,34 @@ from poisonclip.defend.registry import (
     parse_defense,
     register_defense,
 )
-from poisonclip.defend.roclip import CaptionPool, RoClipObjective, RoClipParams
+from poisonclip.defend.roclip import RoClipObjective, RoClipParams, named_classes
 from poisonclip.defend.safeclip import (
-    SafeClipObjective,
     SafeClipParams,
+    full_batches,
     high_similarity_probability,
+    run_safeclip,
     safe_split,
 )
 
 __all__ = [
-    "CaptionPool",
     "CleanClipParams",
     "DefenseContext",
     "DefenseOutcome",
     "FilterParams",
+    "NearestNeighbourBank",
     "RoClipObjective",
     "RoClipParams",
-    "SafeClipObjective",
     "SafeClipParams",
     "apply_defense",
     "filter_manifest",
     "flag_top",
+    "full_batches",
     "get_defense",
     "high_similarity_probability",
     "list_defenses",
+    "named_classes",
     "parse_defense",
     "register_defense",
+    "run_safeclip",
     "safe_split",
 ]

@@ -11,8 +11,11 @@ Toy adaptations, and why:
   with the lowest CLIP loss on a clean validation split — never an attack metric; the whole sweep
   is reported (``record["lr_sweep"]``, the other models in ``alternatives``).
 * **Image augmentation.** AutoAugment's CIFAR-10 policy (32×32 images) instead of ImageNet's.
-* **Caption augmentation.** EDA-style word deletion, swap and repetition on token ids
-  (``poisonclip.train.augment``); EDA's synonym replacement needs WordNet, which is not shipped.
+* **Caption augmentation.** As theirs, one edit per caption drawn once when the data are loaded
+  (the image's second view is drawn afresh every step); EDA-style word deletion, swap and
+  repetition on token ids (``poisonclip.train.augment``): EDA's synonym replacement needs WordNet,
+  which is not shipped.
+* **Optimizer.** Theirs: AdamW with β₂ 0.999 and ε 1e-8 (followed; open_clip's are 0.98, 1e-6).
 * **Clean set.** The defender's clean pairs come from ``DefenseContext.clean``; in the toy sweeps
   a random subset of the clean training pairs (CleanCLIP also fine-tunes on a clean subset of the
   pretraining distribution).
@@ -26,9 +29,10 @@ from dataclasses import dataclass
 import torch
 
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
+from poisonclip.defend.roclip import OFFICIAL_ADAM
 from poisonclip.errors import UsageError
 from poisonclip.train.augment import CaptionAugment, ImageAugment
-from poisonclip.train.loop import train_clip
+from poisonclip.train.loop import make_optimizer, train_clip
 from poisonclip.train.model import get_model_config, tokenize
 from poisonclip.train.objectives import CleanClipObjective, clip_validation_loss
 
@@ -70,6 +74,7 @@ def cleanclip(context: DefenseContext, params: CleanClipParams) -> DefenseOutcom
         )
     model_config = get_model_config(context.train.model)
     tokens = tokenize(finetune.captions, model_config)
+    aug_tokens = CaptionAugment(seed)(tokens)  # one edit per caption, fixed at load time (as theirs)
     validation_tokens = tokenize(validation.captions, model_config)
 
     def validation_loss(model: torch.nn.Module) -> float:
@@ -80,9 +85,13 @@ def cleanclip(context: DefenseContext, params: CleanClipParams) -> DefenseOutcom
     for lr in params.lrs:
         model = copy.deepcopy(context.model)
         objective = CleanClipObjective(
-            ImageAugment(seed), CaptionAugment(seed), params.clip_weight, params.inmodal_weight
+            ImageAugment(seed), aug_tokens, params.clip_weight, params.inmodal_weight
         )
-        stats = train_clip(model, finetune.images, tokens, config.replace(lr=lr), context.progress, objective)
+        config_lr = config.replace(lr=lr)
+        optimizer = make_optimizer(model.named_parameters(), config_lr, **OFFICIAL_ADAM)
+        stats = train_clip(
+            model, finetune.images, tokens, config_lr, context.progress, objective, optimizer=optimizer
+        )
         seconds += stats.train_seconds
         models[f"lr={lr:g}"] = model
         sweep.append(

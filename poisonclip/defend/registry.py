@@ -38,6 +38,10 @@ class DefenseContext:
     clean: ImageTextDataset | None = None  # pairs the defender trusts (CleanCLIP's fine-tuning set)
     early_loss: torch.Tensor | None = None  # float64 [N]: the undefended run's early per-sample losses
     progress: bool = False
+    # for diagnostics only, never for decisions: the class names captions may name, and a clean
+    # zero-shot accuracy of a model (defenses that train from scratch report it per epoch)
+    classnames: tuple[str, ...] = ()
+    monitor: Callable[[torch.nn.Module], float] | None = None
 
 
 @dataclass(frozen=True)

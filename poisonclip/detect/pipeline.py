@@ -38,11 +38,15 @@ def run_detectors(
     seed: int = 0,
 ) -> Detection:
     """Run each ``detectors`` name with its parameters; score against ``labels`` bool [N] if given
-    (needs at least one poison and one clean pair). ``seed`` permutes the labels of the null check."""
+    (needs at least one poison and one clean pair). ``seed`` permutes the labels of the null check.
+
+    A parameter ``detector`` names the registered detector to run under another name (a variant:
+    ``{"slof-all": {"detector": "slof", "reference": "all"}}``)."""
     scores, seconds, metrics, roc = {}, {}, {}, {}
     for name, params in detectors.items():
         start = time.perf_counter()
-        scores[name] = run_detector(name, inputs, **params)
+        settings = dict(params)
+        scores[name] = run_detector(settings.pop("detector", name), inputs, **settings)
         seconds[name] = time.perf_counter() - start
         if labels is not None:
             metrics[name] = detection_metrics(scores[name], labels, seed)

@@ -22,10 +22,13 @@ _DETECTORS: Registry[Callable[..., torch.Tensor]] = Registry("detector")
 
 @dataclass(frozen=True)
 class DetectorInputs:
-    """A trained model's view of the N training pairs (images with their triggers, as trained on)."""
+    """A trained model's view of the N training pairs (images with their triggers, as trained on).
 
-    image: torch.Tensor  # float32 [N, D], unit-norm image embeddings
-    text: torch.Tensor  # float32 [N, D], unit-norm caption embeddings
+    Embeddings are raw (the encoders' outputs, not normalised), as Huang et al.'s detectors read
+    them; a detector that wants unit norm normalises them itself."""
+
+    image: torch.Tensor  # float32 [N, D], image embeddings
+    text: torch.Tensor  # float32 [N, D], caption embeddings
     early_loss: torch.Tensor | None = None  # float64 [N]: per-sample loss over the first epochs
 
     def __post_init__(self) -> None:
@@ -45,13 +48,13 @@ def embed_training_set(
     model_config: dict,
     early_loss: torch.Tensor | None = None,
 ) -> DetectorInputs:
-    """Embed every training pair of ``dataset`` with ``model`` (no augmentation)."""
+    """Embed every training pair of ``dataset`` with ``model`` (no augmentation; raw features)."""
     from poisonclip.evaluate.embeddings import encode_images, encode_texts
     from poisonclip.train.model import tokenize
 
     model.eval()
-    image = encode_images(model, dataset.images)
-    text = encode_texts(model, tokenize(dataset.captions, model_config))
+    image = encode_images(model, dataset.images, normalize=False)
+    text = encode_texts(model, tokenize(dataset.captions, model_config), normalize=False)
     return DetectorInputs(image, text, early_loss)
 
 

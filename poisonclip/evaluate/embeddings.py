@@ -20,14 +20,16 @@ def encode_images(
     images: torch.Tensor,
     batch_size: int = 128,
     device: torch.device | str | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Unit-norm image embeddings float32 [N, D] (on the CPU) of ``images`` uint8 [N, 3, H, W]."""
+    """Image embeddings float32 [N, D] (on the CPU) of ``images`` uint8 [N, 3, H, W]; unit norm
+    unless ``normalize`` is False (raw features, as Huang et al.'s detectors use them)."""
     device = torch.device(device or next(model.parameters()).device)
 
     def encode(start: int) -> torch.Tensor:
         with torch.inference_mode():
             batch = normalize_images(images[start : start + batch_size].to(device))
-            return model.encode_image(batch, normalize=True).float().cpu()
+            return model.encode_image(batch, normalize=normalize).float().cpu()
 
     return torch.cat(map_slices(encode, range(0, images.shape[0], batch_size), device.type == "cpu"))
 
@@ -36,13 +38,15 @@ def encode_texts(
     model: torch.nn.Module,
     tokens: torch.Tensor,
     batch_size: int = 256,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Unit-norm text embeddings float32 [N, D] (on the CPU) of ``tokens`` int64 [N, L]."""
+    """Text embeddings float32 [N, D] (on the CPU) of ``tokens`` int64 [N, L]; unit norm unless
+    ``normalize`` is False."""
     device = next(model.parameters()).device
 
     def encode(start: int) -> torch.Tensor:
         with torch.inference_mode():
             batch = tokens[start : start + batch_size].to(device)
-            return model.encode_text(batch, normalize=True).float().cpu()
+            return model.encode_text(batch, normalize=normalize).float().cpu()
 
     return torch.cat(map_slices(encode, range(0, tokens.shape[0], batch_size), device.type == "cpu"))

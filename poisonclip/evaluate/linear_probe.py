@@ -64,8 +64,8 @@ def probe_backdoor_metrics(
     fit_labels: torch.Tensor,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    patched_features: torch.Tensor,
-    target: int,
+    patched_features: torch.Tensor | None,
+    target: int | None,
     num_classes: int,
 ) -> dict[str, float]:
     """The backdoor seen through a linear probe (paper §4.3: "the zero-shot model can be vulnerable
@@ -74,17 +74,20 @@ def probe_backdoor_metrics(
     Fits the probe on ``fit_features`` [F, D] / ``fit_labels`` [F] (e.g. an ImageFolder train
     split), then returns its clean accuracy on ``test_features`` [N, D] / ``test_labels`` [N], its
     ASR on ``patched_features`` [M, D] (the non-target test images, patched, in order) and the
-    natural rate of the same images unpatched.
+    natural rate of the same images unpatched. Without a ``target`` (no backdoor to measure), the
+    clean accuracy only.
     """
     from poisonclip.evaluate.metrics import accuracy, attack_success_rate
 
     probe = fit_linear_probe(fit_features, fit_labels)
     clean_pred = probe_scores(probe, test_features, num_classes).argmax(dim=1)
-    patched_pred = probe_scores(probe, patched_features, num_classes).argmax(dim=1)
-    nontarget = test_labels != target
-    return {
-        "probe_acc": accuracy(clean_pred, test_labels),
-        "probe_asr": attack_success_rate(patched_pred, test_labels[nontarget], target),
-        "probe_natural_rate": attack_success_rate(clean_pred[nontarget], test_labels[nontarget], target),
-        "probe_num_fit": int(fit_labels.shape[0]),
-    }
+    metrics = {"probe_acc": accuracy(clean_pred, test_labels)}
+    if target is not None and patched_features is not None:
+        patched_pred = probe_scores(probe, patched_features, num_classes).argmax(dim=1)
+        nontarget = test_labels != target
+        metrics["probe_asr"] = attack_success_rate(patched_pred, test_labels[nontarget], target)
+        metrics["probe_natural_rate"] = attack_success_rate(
+            clean_pred[nontarget], test_labels[nontarget], target
+        )
+    metrics["probe_num_fit"] = int(fit_labels.shape[0])
+    return metrics

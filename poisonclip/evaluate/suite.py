@@ -23,6 +23,33 @@ from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 
 @dataclass
+class CleanEvaluation:
+    """Clean zero-shot metrics and what the backdoor metrics build on."""
+
+    metrics: dict[str, float]
+    classifier: torch.Tensor  # float32 [D, C]: the zero-shot class weights
+    features: torch.Tensor  # [N, D]: every clean test image
+    predictions: torch.Tensor  # int64 [N]: their zero-shot classes
+
+
+def evaluate_clean(
+    model: torch.nn.Module,
+    test: ImageTextDataset,
+    classnames: Sequence[str],
+    templates: str | Sequence[str] = "synthetic",
+    context_length: int = 77,
+) -> CleanEvaluation:
+    """Zero-shot top-1 accuracy on clean ``test`` images (``templates``: a set name or a file)."""
+    if (test.labels < 0).any():
+        raise UsageError("the test set needs a class label for every image")
+    classifier = zero_shot_classifier(model, classnames, templates, context_length)
+    features = encode_images(model, test.images)
+    predictions = zero_shot_predict(features, classifier)
+    metrics = {"zero_shot_acc": accuracy(predictions, test.labels), "num_test": len(test)}
+    return CleanEvaluation(metrics, classifier, features, predictions)
+
+
+@dataclass
 class BackdoorEvaluation:
     """Flat metrics plus the embeddings behind them (for similarity plots)."""
 
@@ -54,12 +81,9 @@ def evaluate_backdoor(
     """
     if target_label not in classnames:
         raise UsageError(f"target label {target_label!r} is not a class name")
-    if (test.labels < 0).any():
-        raise UsageError("the test set needs a class label for every image")
     target = list(classnames).index(target_label)
-    classifier = zero_shot_classifier(model, classnames, templates, context_length)
-    clean_features = encode_images(model, test.images)
-    clean_pred = zero_shot_predict(clean_features, classifier)
+    clean = evaluate_clean(model, test, classnames, templates, context_length)
+    classifier, clean_features, clean_pred = clean.classifier, clean.features, clean.predictions
 
     nontarget = test.labels != target
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +95,7 @@ def evaluate_backdoor(
     clean_mean, clean_std = pair_similarity_moments(clean_features[nontarget])
     patched_mean, patched_std = pair_similarity_moments(patched_features)
     metrics = {
-        "zero_shot_acc": accuracy(clean_pred, test.labels),
+        "zero_shot_acc": clean.metrics["zero_shot_acc"],
         "asr": attack_success_rate(patched_pred, nontarget_labels, target),
         "natural_rate": attack_success_rate(clean_pred[nontarget], nontarget_labels, target),
         "zscore": backdoor_zscore(clean_features[nontarget], patched_features),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import open_clip
 import torch
@@ -31,7 +32,41 @@ TEMPLATE_SETS: dict[str, Sequence[str | Callable[[str], str]]] = {
     "openai": OPENAI_IMAGENET_TEMPLATES,  # CLIP's 80 ImageNet prompts
 }
 
-__all__ = ["IMAGENET_CLASSNAMES", "TEMPLATE_SETS", "zero_shot_classifier", "zero_shot_predict"]
+__all__ = [
+    "IMAGENET_CLASSNAMES",
+    "TEMPLATE_SETS",
+    "resolve_templates",
+    "zero_shot_classifier",
+    "zero_shot_predict",
+]
+
+
+def resolve_templates(spec: str) -> Sequence[str | Callable[[str], str]]:
+    """Prompt templates from a set name (``TEMPLATE_SETS``) or a file: one template per line with
+    ``{}`` for the class name (CLIP_benchmark's convention; blank lines ignored)."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"unknown template set {spec!r}: not one of {sorted(TEMPLATE_SETS)} nor a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read templates file {spec}: {err}") from err
+    templates = [line.strip() for line in lines if line.strip()]
+    if not templates:
+        raise UsageError(f"templates file {spec} holds no template")
+    for number, template in enumerate(templates, 1):
+        try:
+            ok = "{}" in template and template.format("x") != template
+        except (IndexError, KeyError, ValueError):  # other braces: str.format cannot fill them
+            ok = False
+        if not ok:
+            raise UsageError(
+                f"templates file {spec}: template {number} ({template!r}) needs exactly the field {{}} "
+                "for the class name"
+            )
+    return templates
 
 
 def zero_shot_classifier(
@@ -42,9 +77,7 @@ def zero_shot_classifier(
 ) -> torch.Tensor:
     """Class weights float32 [D, C]: the normalised mean of each class's normalised prompt embeddings."""
     if isinstance(templates, str):
-        if templates not in TEMPLATE_SETS:
-            raise UsageError(f"unknown template set {templates!r}; have {sorted(TEMPLATE_SETS)}")
-        templates = TEMPLATE_SETS[templates]
+        templates = resolve_templates(templates)
     device = next(model.parameters()).device
     tokenizer = partial(open_clip.tokenize, context_length=context_length)
     with torch.inference_mode():

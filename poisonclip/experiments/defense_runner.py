@@ -9,14 +9,16 @@ An experiment file (see ``experiments/defenses_*.toml``)::
     defense = ["none", "filter:slof@5%", "cleanclip", "roclip", "safeclip"]
 
 The ``defense`` axis does not change the poisoned (undefended) model, so all defenses of one
-attack configuration and seed are one trial: the undefended model is trained once (recording the
-per-sample losses of its first epochs for the loss-tracking detector), every detector ranks its
-training set, and each defense then starts from that model, that training set or both
-(``poisonclip.defend``). Each cell's row holds the defended model's clean zero-shot accuracy, the
-attack's success (``attack_success``: the backdoor ASR, or the zero-shot success rate of the
-targeted attack) with the attack's own metrics (z-score for the backdoor), the defense's cost
-relative to undefended training, what it flagged, and the detection metrics and ROC curves of all
-detectors on the undefended model (the same in every row of a trial).
+attack configuration and seed are one trial: the undefended model is trained once (with an
+eval-mode loss pass after each of its first epochs for the loss-tracking detector), every
+detector ranks its training set (Huang et al.'s batch protocol, and the k-NN detectors and
+Isolation Forest also over all pairs, as ``<name>-all``), and each defense then starts from that
+model, that training set or both (``poisonclip.defend``). Each cell's row holds the defended
+model's clean zero-shot accuracy, the attack's success (``attack_success``: the backdoor ASR, or
+the zero-shot success rate of the targeted attack) with the attack's own metrics (z-score for the
+backdoor), the defense's cost relative to undefended training, what it flagged, and the detection
+metrics and ROC curves of all detectors on the undefended model (the same in every row of a
+trial).
 """
 
 from __future__ import annotations
@@ -35,19 +37,20 @@ from poisonclip.defend.output import flagged_summary
 from poisonclip.detect import (
     ROC_GRID,
     LossTracker,
+    detector_params,
     embed_training_set,
     list_detectors,
     poison_labels,
     run_detectors,
 )
 from poisonclip.errors import UsageError
-from poisonclip.evaluate.suite import evaluate_backdoor
+from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
 from poisonclip.evaluate.targeted_suite import evaluate_targeted
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.experiments.targeted_trial import poison_targets
 from poisonclip.experiments.trial import train_model
 from poisonclip.keys import config_dict
-from poisonclip.train.model import context_length_of
+from poisonclip.train.model import context_length_of, get_model_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +58,16 @@ if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
 
 ATTACKS = ("backdoor", "targeted")
+METHODS_REVISION = 2  # 2: the defenses and detectors as their authors' code runs them (issue 16)
+# Detectors also scored with poisonclip's earlier all-pairs reference set (metrics "<name>-all"),
+# so the README can set the two reference sets side by side on the same models.
+ALL_PAIRS_VARIANTS = {
+    "k-distance": {"reference": "all", "normalize": True},
+    "slof": {"reference": "all", "normalize": True},
+    "dao": {"reference": "all", "normalize": True},
+    "lid": {"reference": "all", "normalize": True},
+    "isolation-forest": {"reference": "all"},
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,11 @@ class DefenseMatrixParams:
     captions: str = "search"  # caption set of the targeted poisons
     # the defender
     clean_pairs: int = 5000  # CleanCLIP's trusted set: this many clean training pairs (by seed)
-    track_loss_epochs: int = 2  # loss tracking over the undefended run's first epochs
+    track_loss_epochs: int = 2  # eval-mode loss passes after each of the undefended run's first epochs
+    # The revision of the defenses' and detectors' implementations. Hashed into the result keys on
+    # purpose (no ADDED_LATER): results of the implementations before issue 16 (all-pairs
+    # detectors, on-the-fly loss tracking, SafeCLIP's mixed batches) are never reused as theirs.
+    methods_revision: int = METHODS_REVISION
 
     def __post_init__(self) -> None:
         if self.attack_type not in ATTACKS:
@@ -86,6 +103,11 @@ class DefenseMatrixParams:
             raise UsageError("poison_count, num_targets, poisons_per_target, track_loss_epochs must be >= 1")
         if self.clean_pairs < 2:
             raise UsageError(f"clean_pairs must be at least 2, got {self.clean_pairs}")
+        if self.methods_revision != METHODS_REVISION:
+            raise UsageError(
+                f"methods_revision {self.methods_revision}: only the current implementations "
+                f"({METHODS_REVISION}) can run"
+            )
 
     def training_params(self) -> dict:
         """Everything but the defense: all defenses of an attack share the poisoned model."""
@@ -120,12 +142,28 @@ def run_defense_trial(
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
     dataset, manifest, evaluate = _poison(params, train, test, classnames, trial.seed)
+
+    def clean_accuracy(model: torch.nn.Module) -> float:
+        """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
+        model_config = get_model_config(recipe.model)
+        return evaluate_clean(
+            model, test, classnames, context_length=context_length_of(model_config)
+        ).metrics["zero_shot_acc"]
+
     labels = poison_labels(dataset.keys, manifest)
-    tracker = LossTracker(len(dataset), min(params.track_loss_epochs, recipe.epochs))
-    model, model_config, stats = train_model(dataset, recipe, progress=False, on_batch=tracker)
+    tracker = LossTracker(
+        len(dataset), min(params.track_loss_epochs, recipe.epochs), recipe.batch_size, trial.seed
+    )
+    model, model_config, stats = train_model(dataset, recipe, progress=False, on_epoch_end=tracker)
     early_loss = tracker.mean()
     inputs = embed_training_set(model, dataset, model_config, early_loss)
-    detection = run_detectors(inputs, {name: {} for name in list_detectors()}, labels, trial.seed)
+    settings = {
+        **{
+            name: {"seed": trial.seed} if "seed" in detector_params(name) else {} for name in list_detectors()
+        },
+        **{f"{name}-all": {"detector": name, **params} for name, params in ALL_PAIRS_VARIANTS.items()},
+    }
+    detection = run_detectors(inputs, settings, labels, trial.seed)
     detection_metrics = {
         f"detect_{name}_{key}": value
         for name, metrics in detection.metrics.items()
@@ -135,7 +173,9 @@ def run_defense_trial(
 
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(trial.seed))
     clean = train.subset(order[: params.clean_pairs])  # the defender's trusted pairs: clean by construction
-    context = DefenseContext(recipe, dataset, model, clean, early_loss)
+    context = DefenseContext(
+        recipe, dataset, model, clean, early_loss, classnames=tuple(classnames), monitor=clean_accuracy
+    )
     results = []
     for cell in trial.cells:
         outcome = apply_defense(cell.params.defense, context)
@@ -152,6 +192,12 @@ def run_defense_trial(
             "poison_rate": len(manifest) / len(dataset),
         }
         curves = dict(roc_curves)
+        for key in ("safe_fractions", "zero_shot_acc_per_epoch"):  # SafeCLIP's split, RoCLIP's accuracy
+            if key in outcome.record:
+                curves[key] = outcome.record[key]
+        if "matching" in outcome.record:  # RoCLIP's per-matching-epoch diagnostic
+            for field in ("epoch", "own_class_share", "random_share"):
+                curves[f"matching_{field}"] = [row[field] for row in outcome.record["matching"]]
         if "lr_sweep" in outcome.record:  # CleanCLIP: every learning rate tried, chosen or not
             sweep = outcome.record["lr_sweep"]
             models = {**outcome.alternatives, f"lr={outcome.record['chosen_lr']:g}": outcome.model}

@@ -19,11 +19,12 @@ from poisonclip.attacks.backdoor import make_backdoor
 from poisonclip.attacks.patch import patch_area_fraction
 from poisonclip.attacks.poison_set import read_poison_set, write_poison_set
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.io import write_json_atomic
+from poisonclip.data.io import OutputExistsError, atomic_path, write_json_atomic
 from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import sample_pair_similarities
 from poisonclip.experiments.trial import train_and_evaluate_backdoor
+from poisonclip.keys import config_dict
 from poisonclip.report.figures import plot_similarity_histograms
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.loop import resolve_device
@@ -45,16 +46,31 @@ class DemoConfig:
 def prepare_data(data_dir: Path, config: SyntheticConfig) -> None:
     """Write the synthetic dataset unless ``data_dir`` already holds this exact config."""
     config_file = data_dir / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()) == dataclasses.asdict(config):
+
+    def present() -> bool:
+        return config_file.is_file() and json.loads(config_file.read_text()) == config_dict(config)
+
+    if present():
         return
-    print(f"generating synthetic data in {data_dir} ...")
-    write_synthetic(data_dir, config)
+    # No path: the demo generates into its output's temporary, which is renamed when done.
+    print(f"generating synthetic data ({config.num_train:,} training, {config.num_test:,} test pairs) ...")
+    try:
+        write_synthetic(data_dir, config)
+    except OutputExistsError:
+        if not present():  # not a concurrent sweep that wrote the same data first
+            raise
 
 
 def run_demo(
     config: DemoConfig = DemoConfig(), out_dir: str | Path = "results/demo", progress: bool = True
 ) -> dict:
-    out_dir = Path(out_dir)
+    """Run the demo into ``out_dir`` as one atomic output (data, poisons, checkpoints, metrics)."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        return _run_demo(config, tmp, progress)
+
+
+def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
     if config.target_label not in config.data.classnames:
         raise UsageError(f"target label {config.target_label!r} is not one of the synthetic classes")
     start = time.perf_counter()

@@ -47,7 +47,7 @@ from poisonclip.experiments.runners import get_runner
 from poisonclip.keys import config_dict, config_hash
 from poisonclip.report.sweep_figures import list_figures
 from poisonclip.train.config import TrainConfig, load_preset
-from poisonclip.train.model import get_model_config, image_size_of
+from poisonclip.train.model import check_pretrained, get_model_config, image_size_of
 
 TOP_LEVEL_KEYS = ("name", "description", "figures", "attack", "seeds", "data", "train", "slurm")
 
@@ -128,11 +128,13 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"experiment file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{path}: not valid TOML: {err}") from err
+    if not document:  # would run one trial of every default, which nobody means
+        raise UsageError(f"{path}: empty experiment file; give at least the grid, e.g. [backdoor]")
     return parse_sweep(document, default_name=path.stem, source=text, where=str(path))
 
 
@@ -210,11 +212,13 @@ def _make_cell(
         train = base_train.replace(**train_values)
         params = params_cls(**params_values)
         model_image_size = image_size_of(get_model_config(train.model))
-        if model_image_size != data.image_size:
+        if model_image_size != data.image_size:  # data.stored_size may differ: it is read at image_size
             raise UsageError(
                 f"model {train.model!r} takes {model_image_size}px images but data.image_size "
                 f"is {data.image_size}"
             )
+        if train.pretrained:  # an unknown tag or unloadable file fails here, not in a worker
+            check_pretrained(train.model, train.pretrained)
         if train.batch_size > data.num_train:
             raise UsageError(f"batch_size {train.batch_size} exceeds num_train {data.num_train}")
         params.check(data)

@@ -18,7 +18,7 @@ one computation (``train_many``; on a GPU, ``poisonclip sweep run --seeds-per-jo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,14 +32,14 @@ from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe
-from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
+from poisonclip.evaluate.zeroshot import resolve_templates
 from poisonclip.experiments.targeted_trial import (
     TargetedPoisoning,
     evaluate_trained_targeted,
     poison_targets,
 )
 from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
-from poisonclip.keys import config_dict
+from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.registry import Registry
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import TrainStats
@@ -109,6 +109,14 @@ list_runners = _RUNNERS.names
 get_runner = _RUNNERS.get
 
 
+def check_templates(name: str, spec: str) -> None:
+    """A parameter naming prompts must be a template set or a readable templates file."""
+    try:
+        resolve_templates(spec)
+    except UsageError as err:
+        raise UsageError(f"{name}: {err}") from err
+
+
 @dataclass(frozen=True)
 class BackdoorParams:
     """The backdoor attack in a sweep (paper §3.3, §5.1); the keys of ``[backdoor]``."""
@@ -118,8 +126,11 @@ class BackdoorParams:
     patch_size: int = 4  # checkerboard side in pixels
     placement: str = "consistent"  # where the poisons carry the patch: upper-left or random
     eval_placement: str = "consistent"  # where the test images carry it (evaluation only)
+    # zero-shot prompts (evaluation only): a set name (poisonclip.evaluate.zeroshot) or a file
+    eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
+        check_templates("eval_templates", self.eval_templates)
         if self.poison_count < 0:
             raise UsageError(f"poison_count must be >= 0, got {self.poison_count}")
         if self.patch_size < 1:
@@ -133,6 +144,7 @@ class BackdoorParams:
             return {"poison_count": 0}
         params = config_dict(self)
         del params["eval_placement"]
+        params.pop("eval_templates", None)  # config_dict leaves it out at its default
         return params
 
     def check(self, data: SyntheticConfig) -> None:
@@ -168,7 +180,7 @@ def prepare_backdoor_trial(
             p = cell.params
             metrics, evaluation = evaluate_trained_backdoor(
                 model, model_config, stats, test, classnames,
-                p.target_label, p.patch_size, p.eval_placement, trial.seed,
+                p.target_label, p.patch_size, p.eval_placement, trial.seed, p.eval_templates,
             )  # fmt: skip
             metrics.update(backdoor_linear_probe(evaluation, len(classnames)))
             metrics.update(
@@ -224,8 +236,7 @@ class TargetedParams:
         if self.noise_std < 0:
             raise UsageError(f"noise_std must be >= 0, got {self.noise_std}")
         for name in ("template_set", "eval_templates"):
-            if getattr(self, name) not in TEMPLATE_SETS:
-                raise UsageError(f"{name} must be one of {tuple(TEMPLATE_SETS)}, got {getattr(self, name)!r}")
+            check_templates(name, getattr(self, name))
 
     def training_params(self) -> dict:
         if self.poisons_per_target == 0:  # a clean model: targets and poison settings are not trained in

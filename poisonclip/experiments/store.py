@@ -27,10 +27,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from poisonclip.data.io import process_alive
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import CellResult
@@ -95,6 +96,11 @@ class ResultRow:
         return self.cell[key] if key in self.cell else self.metrics[key]
 
 
+# How long another host's claim is trusted: long enough for any sweep trial, short enough that a
+# node that died does not block its trials for good (SubmititExecutor releases failed jobs' claims).
+CLAIM_TTL = timedelta(hours=24)
+
+
 @dataclass(frozen=True)
 class Claim:
     train_hash: str
@@ -104,16 +110,11 @@ class Claim:
     started_at: str
 
     def alive(self) -> bool:
-        """False only when the claim's process is known dead (same host, no such pid)."""
-        if self.host != socket.gethostname():
-            return True  # another machine's job (e.g. SLURM): cannot check, assume running
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        """False when the claim's process is known dead (same host, no such pid), or when it is
+        another host's claim older than ``CLAIM_TTL`` (its process cannot be checked from here)."""
+        if self.host != socket.gethostname():  # e.g. a SLURM job on another node
+            return datetime.now(UTC) - datetime.fromisoformat(self.started_at) < CLAIM_TTL
+        return process_alive(self.pid)
 
 
 def flatten_cell(config: dict) -> dict[str, Any]:
@@ -139,11 +140,25 @@ class ResultStore:
 
     def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory, not a results database")
         if not create and not self.path.is_file():
             raise UsageError(f"results database not found: {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        try:
+            with self._connect() as db:
+                tables = {
+                    name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+                if tables and "results" not in tables:  # someone else's database: add nothing to it
+                    raise UsageError(
+                        f"{self.path}: an SQLite database, but not a poisonclip results database"
+                    )
+                # Idempotent, and adds the tables an older store lacks; executescript manages its
+                # own transaction.
+                db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:  # not SQLite at all, or unreadable
+            raise UsageError(f"{self.path}: not a results database ({err})") from err
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -180,16 +195,26 @@ class ResultStore:
         with self._connect() as db:
             return set(db.execute("SELECT config_hash, seed FROM results"))
 
-    def is_done(self, trial: Trial) -> bool:
-        return trial_done(trial, self.done_keys())
-
-    def claim(self, trial: Trial, pid: int) -> None:
-        """Mark ``trial`` as being run by process ``pid`` on this host (informational only)."""
+    def claim(self, trial: Trial, pid: int) -> bool:
+        """Claim ``trial`` for process ``pid`` of this host, atomically (one write transaction, so
+        of two processes asking at once exactly one gets it). False, changing nothing, if its rows
+        are all stored or another live process holds it; a dead process's claim is taken over."""
+        host = socket.gethostname()
         with self._transaction() as db:
+            done = set(db.execute("SELECT config_hash, seed FROM results WHERE seed = ?", (trial.seed,)))
+            held = db.execute(
+                "SELECT * FROM claims WHERE train_hash = ? AND seed = ?", (trial.train_key, trial.seed)
+            ).fetchone()
+            holder = Claim(*held) if held is not None else None
+            if trial_done(trial, done) or (
+                holder and (holder.host, holder.pid) != (host, pid) and holder.alive()
+            ):
+                return False
             db.execute(
                 "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
-                (trial.train_key, trial.seed, socket.gethostname(), pid, _now()),
+                (trial.train_key, trial.seed, host, pid, _now()),
             )
+            return True
 
     def release(self, trial: Trial) -> None:
         with self._transaction() as db:

@@ -36,7 +36,6 @@ from typing import Any, Protocol
 
 import open_clip
 import torch
-from tqdm.auto import tqdm
 
 import poisonclip
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
@@ -47,6 +46,7 @@ from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
 from poisonclip.keys import config_dict, config_hash
+from poisonclip.progress import progress_bar
 from poisonclip.train.loop import resolve_device
 from poisonclip.train.many import train_many
 from poisonclip.train.parallel import available_cores
@@ -72,6 +72,7 @@ class TrialOutcome:
     seconds: float
     summary: str = ""  # headline metrics, for the progress bar
     error: str | None = None  # the traceback if the trial failed
+    skipped: bool = False  # stored meanwhile or being run by another process: not run here
 
 
 def package_versions() -> dict[str, str]:
@@ -90,25 +91,35 @@ def data_dir(data_root: Path, config: SyntheticConfig) -> Path:
 def load_synthetic(
     data_root: Path, config: SyntheticConfig
 ) -> tuple[ImageTextDataset, ImageTextDataset, list[str]]:
-    """(train, test, classnames) of ``config``, generated into the cache on first use."""
+    """(train, test, classnames) of ``config``, generated into the cache on first use.
+
+    Images are read at ``config.image_size``, the model's input (checked by the grid), whatever
+    ``stored_size`` they were written at: poisons are then built and triggers pasted in
+    model-input pixels (the trigger-resolution rule).
+    """
     root = data_dir(data_root, config)
     prepare_data(root, config)
     return (
-        read_csv_dataset(root / "train.csv", progress=False),
-        read_csv_dataset(root / "test.csv", progress=False),
+        read_csv_dataset(root / "train.csv", config.image_size, progress=False),
+        read_csv_dataset(root / "test.csv", config.image_size, progress=False),
         read_classnames(root / "classnames.txt"),
     )
 
 
 def run_trials(job: TrialJob) -> list[TrialOutcome]:
     """Train and evaluate the job's trials and store each one's rows as soon as they are ready (in
-    the worker process). A trial that fails is released for the next run; the others still count."""
+    the worker process). A trial already stored or claimed by another live process (a concurrent
+    ``sweep run`` on the same database) is skipped; a trial that fails is released for the next
+    run; the others still count."""
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     store = ResultStore(job.db)
-    done = {t.label for t in job.trials if store.is_done(t)}  # e.g. by a concurrent run since
-    outcomes = [TrialOutcome(t.label, 0.0, "already stored") for t in job.trials if t.label in done]
-    pending = [t for t in job.trials if t.label not in done]
+    pending = [t for t in job.trials if store.claim(t, os.getpid())]  # atomic: one process a trial
+    outcomes = [
+        TrialOutcome(t.label, 0.0, "stored or running elsewhere", skipped=True)
+        for t in job.trials
+        if t not in pending
+    ]
     if not pending:
         return outcomes
     start = time.perf_counter()
@@ -120,8 +131,6 @@ def run_trials(job: TrialJob) -> list[TrialOutcome]:
         return [TrialOutcome(t.label, time.perf_counter() - start, error=error) for t in trials]
 
     try:
-        for trial in pending:
-            store.claim(trial, os.getpid())
         train, test, classnames = load_synthetic(job.data_root, pending[0].cells[0].data)
         runner = get_runner(pending[0].attack)
         if len(pending) > 1 and runner.prepare is not None:  # one computation for all seeds
@@ -197,7 +206,7 @@ class LocalExecutor:
     def for_machine(workers: int | None = None, cores: int | None = None) -> LocalExecutor:
         """Single-thread workers, one per core by default; given fewer workers, they share the cores."""
         cores = cores or available_cores()
-        workers = workers or cores
+        workers = cores if workers is None else workers
         if not 1 <= workers <= cores:
             raise UsageError(f"--workers must be between 1 and the {cores} cores available, got {workers}")
         return LocalExecutor(workers, cores // workers)
@@ -220,9 +229,12 @@ class LocalExecutor:
         pool = context.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
         try:
             yield from pool.imap_unordered(run_trials, jobs, chunksize=1)
-            pool.close()
-        finally:  # done, Ctrl-C or an exception: end the workers at once, then reap them
+        except BaseException:  # Ctrl-C, an exception, or the caller stopped: end the workers at once
             pool.terminate()
+            raise
+        else:  # workers exit by themselves, so they clean up (a killed one leaks its semaphores,
+            pool.close()  # and the resource tracker warns about them at shutdown)
+        finally:
             pool.join()
 
 
@@ -283,17 +295,17 @@ class SubmititExecutor:
         threads = dict(self.parameters).get("cpus_per_task")
         jobs = [dataclasses.replace(job, threads=threads) for job in jobs]
         submitted = self._executor().map_array(run_trials, jobs)
-        labels = {
-            job.job_id: [t.label for t in trial_job.trials]
-            for job, trial_job in zip(submitted, jobs, strict=True)
-        }
+        trials = {job.job_id: trial_job.trials for job, trial_job in zip(submitted, jobs, strict=True)}
         for job in submitit.helpers.as_completed(submitted, poll_frequency=self.poll_seconds):
             try:
                 yield job.result()
             except Exception as err:  # the job itself died: time limit, node failure, memory
+                store = ResultStore(jobs[0].db)
+                for trial in trials[job.job_id]:
+                    store.release(trial)  # its claim (another host's) would block reruns for CLAIM_TTL
                 yield [
-                    TrialOutcome(label, 0.0, error=f"submitit job {job.job_id}: {err}")
-                    for label in labels[job.job_id]
+                    TrialOutcome(t.label, 0.0, error=f"submitit job {job.job_id}: {err}")
+                    for t in trials[job.job_id]
                 ]
 
 
@@ -303,6 +315,7 @@ class SweepSummary:
     already_done: int
     completed: int
     failed: list[TrialOutcome]
+    skipped: int = 0  # stored meanwhile or run by a concurrent process
 
 
 def run_sweep(
@@ -334,9 +347,9 @@ def run_sweep(
         prepare_data(data_dir(data_root, config), config)
 
     jobs = [TrialJob(group, db, data_root) for group in group_trials(pending, seeds_per_job)]
-    bar = tqdm(total=len(trials), initial=len(trials) - len(pending), desc=sweep.name, unit="trial",
+    bar = progress_bar(total=len(trials), initial=len(trials) - len(pending), desc=sweep.name, unit="trial",
                disable=not progress)  # fmt: skip
-    failed, completed = [], 0
+    failed, completed, skipped = [], 0, 0
     with bar:
         for outcomes in executor.run(jobs):
             for outcome in outcomes:
@@ -344,10 +357,12 @@ def run_sweep(
                 if outcome.error:
                     failed.append(outcome)
                     bar.write(f"trial {outcome.label} failed:\n{outcome.error}")
+                elif outcome.skipped:
+                    skipped += 1
                 else:
                     completed += 1
                     bar.set_postfix_str(f"{outcome.summary} ({outcome.seconds:.0f} s)")
-    return SweepSummary(len(trials), len(trials) - len(pending), completed, failed)
+    return SweepSummary(len(trials), len(trials) - len(pending), completed, failed, skipped)
 
 
 @dataclass(frozen=True)
@@ -365,7 +380,7 @@ def sweep_status(sweep: Sweep, db: str | Path) -> SweepStatus:
     """Done / running / remaining trials of ``sweep`` in ``db`` (which need not exist yet)."""
     trials = sweep.trials()
     done, live = set(), set()
-    if Path(db).is_file():
+    if Path(db).exists():  # a directory or a foreign file is refused by ResultStore
         store = ResultStore(db)
         done = store.done_keys()
         live = {(c.train_hash, c.seed) for c in store.claims() if c.alive()}

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.errors import UsageError
 from poisonclip.evaluate.suite import BackdoorEvaluation, evaluate_backdoor
 from poisonclip.train.checkpoint import load_checkpoint_as, save_checkpoint
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import BatchCallback, Objective, TrainStats, train_clip
-from poisonclip.train.model import context_length_of, create_model, get_model_config, tokenize
+from poisonclip.train.loop import BatchCallback, EpochCallback, Objective, TrainStats, train_clip
+from poisonclip.train.model import context_length_of, get_model_config, initial_model, tokenize
 
 
 def train_model(
@@ -23,17 +24,21 @@ def train_model(
     init_checkpoint: str | Path | None = None,
     objective: Objective | None = None,
     on_batch: BatchCallback | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> tuple[torch.nn.Module, dict, TrainStats]:
-    """Build the configured model from ``config.seed`` (or start from ``init_checkpoint``, which must
-    have the configured architecture), train it on ``dataset`` with ``objective`` (default: the CLIP
-    loss; ``on_batch`` as in ``train_clip``), optionally save it."""
+    """Build the configured model from ``config.seed`` or ``config.pretrained`` (or start from
+    ``init_checkpoint``, which must have the configured architecture), train it on ``dataset``
+    with ``objective`` (default: the CLIP loss; ``on_batch`` and ``on_epoch_end`` as in
+    ``train_clip``), optionally save it."""
     model_config = get_model_config(config.model)
     if init_checkpoint is None:
-        model = create_model(model_config, seed=config.seed)
+        model = initial_model(config, model_config)
+    elif config.pretrained:
+        raise UsageError("start from a pretrained model or from a checkpoint, not both")
     else:
         model = load_checkpoint_as(init_checkpoint, model_config)
     tokens = tokenize(dataset.captions, model_config)
-    stats = train_clip(model, dataset.images, tokens, config, progress, objective, on_batch)
+    stats = train_clip(model, dataset.images, tokens, config, progress, objective, on_batch, on_epoch_end)
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, model_config, config, stats)
     return model, model_config, stats
@@ -67,11 +72,13 @@ def evaluate_trained_backdoor(
     patch_size: int,
     eval_placement: str,
     seed: int,
+    templates: str = "synthetic",
 ) -> tuple[dict, BackdoorEvaluation]:
     """Evaluate a model from ``train_model``: (flat metrics incl. training stats, evaluation).
 
-    Evaluation-only settings (``eval_placement``) can be varied on one trained model by calling
-    this once per setting; ``seed`` draws the random patch positions.
+    Evaluation-only settings (``eval_placement``, the zero-shot ``templates``: a set name or a
+    file) can be varied on one trained model by calling this once per setting; ``seed`` draws the
+    random patch positions.
     """
     evaluation = evaluate_backdoor(
         model,
@@ -81,6 +88,7 @@ def evaluate_trained_backdoor(
         patch_size,
         placement=eval_placement,
         seed=seed,
+        templates=templates,
         context_length=context_length_of(model_config),
     )
     metrics = {

@@ -4,7 +4,9 @@
   clean zero-shot accuracy and (backdoor) the z-score, mean ± std over seeds;
 * ``detector_roc``: ROC curves of every detector on the undefended models, one panel per attack;
 * ``defense_cost``: each defense's wall-clock relative to undefended training;
-* ``cleanclip_lr``: CleanCLIP's whole learning-rate sweep (chosen on clean validation loss).
+* ``cleanclip_lr``: CleanCLIP's whole learning-rate sweep (chosen on clean validation loss);
+* ``defense_diagnostics``: SafeCLIP's safe fraction per epoch; RoCLIP's matches per matching epoch
+  (own class, random start) and its clean accuracy per epoch.
 """
 
 from __future__ import annotations
@@ -256,6 +258,41 @@ def _render_cleanclip_lr(rows: Sequence[ResultRow], path: Path) -> Table:
     return Table(columns, tuple(table_rows))
 
 
+DIAGNOSTIC_PANELS = (  # (curve over epochs, its x curve or None for 1..n, panel title)
+    ("safe_fractions", None, "SafeCLIP: safe fraction per main epoch"),
+    ("matching_own_class_share", "matching_epoch", "RoCLIP: matched pool caption names the image's class"),
+    ("matching_random_share", "matching_epoch", "RoCLIP: matched to the pool's random start"),
+    ("zero_shot_acc_per_epoch", None, "RoCLIP: clean zero-shot top-1 after each epoch"),
+)
+
+
+def _render_diagnostics(rows: Sequence[ResultRow], path: Path) -> Table:
+    keys = _attack_keys(rows)
+    fig, axes = _pyplot().subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.2 * len(DIAGNOSTIC_PANELS), 3.6))
+    table_rows = []
+    for ax, (key, x_key, title) in zip(axes, DIAGNOSTIC_PANELS, strict=True):
+        groups: dict[tuple[str, str], list[ResultRow]] = {}
+        for r in rows:
+            if key in r.curves:
+                groups.setdefault((_attack_label(r, keys), r.get("defense")), []).append(r)
+        for (attack, defense), group in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
+            values = list(zip(*(r.curves[key] for r in group), strict=True))  # per epoch, over seeds
+            xs = group[0].curves[x_key] if x_key else list(range(1, len(values) + 1))
+            ax.plot(xs, [statistics.fmean(v) for v in values], marker="o", label=f"{attack}, {defense}")
+            table_rows.extend(
+                (title, attack, defense, str(int(x)), str(len(group)), mean_pm_std(list(v), 3))
+                for x, v in zip(xs, values, strict=True)
+            )
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[1]]
+    if labelled:  # a sweep without RoCLIP (or SafeCLIP) leaves its panels empty
+        _legend(labelled[-1])
+    _save(fig, path)
+    return Table(("quantity", "attack", "defense", "epoch", "models", "mean ± std"), tuple(table_rows))
+
+
 _MATRIX_NOTE = (
     "Every defense of an attack configuration and seed starts from the same poisoned data and, where "
     "it needs one, the same undefended model (the 'none' column), so columns differ by the defense "
@@ -284,8 +321,10 @@ register_figure(
         "panel per attack configuration); the dotted line is chance. The table adds PR-AUC (chance: "
         "the poison rate), the false-positive rate at 95% recall, and ROC-AUC against shuffled "
         "labels, which must sit near 0.5 since detectors never read the manifest. Huang et al. "
-        "(ICLR'25) report sparser neighbourhoods for CLIP backdoor poisons (SLOF and DAO flag them); "
-        "a tight poison cluster larger than k would show k-distance and LID below 0.5 instead.",
+        "(ICLR'25) report sparser neighbourhoods for CLIP backdoor poisons (SLOF and DAO flag them), "
+        "scoring each pair against the other pairs of its shuffled batch (their protocol, the "
+        "detectors' default here); '<name>-all' is the same detector against all training pairs, "
+        "where a poison cluster larger than k shows k-distance and LID below 0.5 instead.",
         _render_roc,
     )
 )
@@ -299,6 +338,18 @@ register_figure(
         "needs); roclip and safeclip replace the undefended training. Timings come from sweep "
         "workers that may share the machine: compare within a trial, not across machines.",
         _render_cost,
+    )
+)
+register_figure(
+    FigureSpec(
+        "defense_diagnostics",
+        "Attack × from-scratch defense — SafeCLIP's split and RoCLIP's matches, epoch by epoch",
+        "Per epoch, mean over seeds: SafeCLIP's safe fraction in each main epoch (the first from its "
+        "2-Gaussian split, then growing); for each of RoCLIP's matching epochs (counted from 1, as "
+        "theirs) the share of images matched to a pool caption that names the image's own class "
+        "(chance ≈ 1/classes) and the share matched to the pool's random start; and RoCLIP's clean "
+        "zero-shot accuracy after every epoch. Diagnostics only: no defense reads them.",
+        _render_diagnostics,
     )
 )
 register_figure(

@@ -12,13 +12,15 @@ import base64
 import csv
 import html
 import io
+import shutil
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from poisonclip.data.io import write_text_atomic
+from poisonclip.data.io import atomic_path, write_text_atomic
 from poisonclip.experiments.store import ResultRow, ResultStore
+from poisonclip.report.findings import paper_vs_toy
 from poisonclip.report.sweep_figures import (
     Table,
     get_figure,
@@ -33,6 +35,14 @@ HEADLINE_METRICS = (("zscore", "z-score", 2), ("asr", "ASR", 3), ("natural_rate"
                     ("zero_shot_success_rate", "targeted zero-shot success", 3),
                     ("probe_success_rate", "targeted probe success", 3),
                     ("zero_shot_acc", "zero-shot top-1", 3))  # fmt: skip
+
+
+FINDINGS_TEXT = (
+    "Each finding the paper states, its number, and the toy's number computed from this database "
+    "with a verdict by the rule in the last column (the toy needs far higher poison rates than "
+    "CC3M, so the rules compare thresholds, orderings and trends, not rates). 'Not run yet': no "
+    "sweep in the database feeds the figure."
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +65,15 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
     store = ResultStore(db, create=False)
     out_dir = Path(out_dir)
     sweeps = store.sweeps()
-    sections, figures, missing = [], [], []
+    rows_for = figure_rows(store)
+    findings = paper_vs_toy(rows_for)
+    write_text_atomic(out_dir / "paper_vs_toy.csv", to_csv(findings))
+    sections = [Section("The paper vs the toy", FINDINGS_TEXT, findings)]
+    figures, missing = [], []
     for name in list_figures():
         spec = get_figure(name)
         feeding = [sweep for sweep, info in sweeps.items() if name in info["figures"]]
-        rows = store.rows(feeding) if feeding else []
+        rows = rows_for(name)
         if not rows:
             missing.append(name)
             continue
@@ -83,6 +97,28 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
     write_text_atomic(markdown, to_markdown(sections))
     write_text_atomic(page, to_html(sections))
     return ReportSummary(markdown, page, figures, missing)
+
+
+def figure_rows(store: ResultStore) -> Callable[[str], list[ResultRow]]:
+    """figure name → the stored rows of every sweep that lists it (none: an empty list)."""
+    sweeps = store.sweeps()
+
+    def rows_for(figure: str) -> list[ResultRow]:
+        feeding = [sweep for sweep, info in sweeps.items() if figure in info["figures"]]
+        return store.rows(feeding) if feeding else []
+
+    return rows_for
+
+
+def publish_figures(report_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a report's figures (PNG + CSV, ``paper_vs_toy.csv`` included) into ``dest`` file by file,
+    each replaced atomically; files of figures without data in this report are left as they are."""
+    written = []
+    for source in sorted(p for p in Path(report_dir).iterdir() if p.suffix in (".png", ".csv")):
+        with atomic_path(Path(dest) / source.name, overwrite=True) as tmp:
+            shutil.copyfile(source, tmp)
+        written.append(Path(dest) / source.name)
+    return written
 
 
 def summary_table(rows: Sequence[ResultRow]) -> Table:
@@ -132,13 +168,19 @@ def to_markdown(sections: Sequence[Section]) -> str:
             out += [f"![{s.title}]({s.image.name})", ""]
         out += [s.text, ""]
         if s.table is not None:
-            out += [
-                "| " + " | ".join(s.table.columns) + " |",
-                "|" + "---|" * len(s.table.columns),
-                *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in s.table.rows),
-                "",
-            ]
+            out += [table_markdown(s.table), ""]
     return "\n".join(out)
+
+
+def table_markdown(table: Table) -> str:
+    """A table as Markdown (as the report and the README show it)."""
+    return "\n".join(
+        [
+            "| " + " | ".join(table.columns) + " |",
+            "|" + "---|" * len(table.columns),
+            *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table.rows),
+        ]
+    )
 
 
 def to_html(sections: Sequence[Section]) -> str:

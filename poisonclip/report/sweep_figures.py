@@ -11,6 +11,7 @@ Rows are ``poisonclip.experiments.store.ResultRow``s; ``row.get(key)`` reads a c
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,8 +237,9 @@ class LinePlot:
             mean, std = _mean_std([r.get(self.y) for r in baseline])
             ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
             ax.axhline(mean, color=colour, ls="--", lw=1, label="0 poisons (clean model)" if first else None)
-        if self.y == "asr":  # the chance level of ASR: the same images unpatched, called the target
-            natural = [statistics.fmean(r.get("natural_rate") for r in by_x[x]) for x in xs]
+        if self.y.endswith("asr"):  # ASR's chance level: the same images unpatched, called the target
+            natural_rate = self.y.removesuffix("asr") + "natural_rate"  # probe_asr: probe_natural_rate
+            natural = [statistics.fmean(r.get(natural_rate) for r in by_x[x]) for x in xs]
             ax.plot(xs, natural, ":", color=colour, label="natural rate (unpatched)" if first else None)
 
     def _decorate(self, ax, panel: tuple, rows: Sequence[ResultRow]) -> None:
@@ -379,6 +381,13 @@ def _render_same_label(rows: Sequence[ResultRow], path: Path, min_pairs: int = 1
     return Table(columns, tuple(table_rows))
 
 
+def _pooled_normal(moments: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Mean and std of the union of equally sized groups, each given as (mean, std)."""
+    mean = statistics.fmean(m for m, _ in moments)
+    second = statistics.fmean(sd**2 + m**2 for m, sd in moments)
+    return mean, math.sqrt(max(second - mean**2, 0.0))
+
+
 def _render_histograms(rows: Sequence[ResultRow], path: Path) -> Table:
     keys = [
         k for k in varying_keys(rows) if k in ("poison_count", "placement", "eval_placement", "patch_size")
@@ -397,6 +406,10 @@ def _render_histograms(rows: Sequence[ResultRow], path: Path) -> Table:
             counts = [sum(v) for v in zip(*(r.curves[key] for r in group), strict=True)]
             density = [c / sum(counts) / w for c, w in zip(counts, widths, strict=True)]
             ax.stairs(density, edges, fill=True, alpha=0.5, label=label)
+        mean, std = _pooled_normal([(r.get("clean_pair_mean"), r.get("clean_pair_std")) for r in group])
+        grid = [edges[0] + i * (edges[-1] - edges[0]) / 400 for i in range(401)]
+        pdf = [math.exp(-0.5 * ((v - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for v in grid]
+        ax.plot(grid, pdf, "k-", lw=1, label=f"normal fit to clean pairs ({mean:.2f} ± {std:.2f})")
         z = mean_pm_std([r.get("zscore") for r in group])
         title = ", ".join(_describe(k, v) for k, v in zip(keys, panel, strict=True)) or "all results"
         ax.set_title(f"{title}\nz = {z} ({len(group)} models)", fontsize=9)
@@ -442,6 +455,78 @@ def _change_from_clean(rows: Sequence[ResultRow], clean: Sequence[ResultRow], me
     return mean_pm_std(changes, 1) if changes else "—"
 
 
+def _draw_classifiers(
+    ax, rows: Sequence[ResultRow], plots: Sequence[LinePlot], names: Sequence[str]
+) -> tuple[list[str], dict[tuple, dict[float, list]], list[tuple]]:
+    """One line per downstream classifier (``plots[j]`` draws metric ``names[j]``) and per other
+    setting that varies, as ``LinePlot`` draws one; returns (series keys, groups, lines)."""
+    colours = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    series_keys, groups = plots[0].groups(rows)  # no panels: groups are keyed ((), series values)
+    lines = sorted((line for _, line in groups), key=sort_key)
+    for i, line in enumerate(lines):
+        setting = ", ".join(_describe(k, v) for k, v in zip(series_keys, line, strict=True))
+        for j, (plot, name) in enumerate(zip(plots, names, strict=True)):
+            colour = colours[(i * len(plots) + j) % len(colours)]
+            plot._draw_line(
+                ax, groups[(), line], colour, f"{name}, {setting}" if setting else name, i == j == 0
+            )
+    return series_keys, groups, lines
+
+
+# Fig 2 right's downstream classifiers (paper §4.3): (metric, legend text).
+_BACKDOOR_CLASSIFIERS = (("asr", "zero-shot"), ("probe_asr", "linear probe"))
+
+
+def _render_backdoor_asr(rows: Sequence[ResultRow], path: Path) -> Table:
+    """Fig 2 right: ASR against poisons for the zero-shot classifier and a linear probe, each with
+    its natural rate (dotted) and its clean-model band."""
+    plt = _pyplot()
+    plots = [
+        LinePlot("poison_count", metric, "poisons added (and poison rate)", "attack success rate",
+                 log_x=True, tick=_count_tick)
+        for metric, _ in _BACKDOOR_CLASSIFIERS
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series_keys, groups, lines = _draw_classifiers(
+        ax, rows, plots, [name for _, name in _BACKDOOR_CLASSIFIERS]
+    )
+    ax.set_ylim(-0.03, 1.03)
+    plots[0]._decorate(ax, (), rows)
+    ax.set_ylabel(plots[0].y_label)
+    _save(fig, path)
+    table_rows = [
+        (
+            *(str(v) for v in line),
+            f"{x:,}",
+            _value("poison_rate", statistics.fmean(r.get("poison_rate") for r in group)),
+            str(len(group)),
+            mean_pm_std([r.get("asr") for r in group], 3),
+            f"{statistics.fmean(r.get('natural_rate') for r in group):.3f}",
+            mean_pm_std([r.get("probe_asr") for r in group], 3),
+            f"{statistics.fmean(r.get('probe_natural_rate') for r in group):.3f}",
+            mean_pm_std([r.get("zscore") for r in group]),
+            f"{statistics.fmean(r.get('zero_shot_acc') for r in group):.3f}",
+            f"{statistics.fmean(r.get('probe_acc') for r in group):.3f}",
+        )
+        for line in lines
+        for x, group in sorted(groups[(), line].items())
+    ]
+    columns = (
+        *(_column(k) for k in series_keys),
+        "poisons",
+        "poison rate",
+        "models",
+        "zero-shot ASR",
+        "zero-shot natural rate",
+        "linear-probe ASR",
+        "linear-probe natural rate",
+        "z-score",
+        "zero-shot top-1",
+        "probe top-1",
+    )
+    return Table(columns, tuple(table_rows))
+
+
 def _render_targeted(rows: Sequence[ResultRow], path: Path) -> Table:
     """Fig 2 left on one axes: a line per classifier (and per other setting that varies, e.g. the
     caption set), drawn as ``LinePlot`` draws one (0 poisons per target: the clean-model band)."""
@@ -451,16 +536,10 @@ def _render_targeted(rows: Sequence[ResultRow], path: Path) -> Table:
                  "targeted success rate (x′ classified as y′)", log_x=True, tick=_per_target_tick)
         for metric, _ in _TARGETED_CLASSIFIERS
     ]  # fmt: skip
-    series_keys, groups = plots[0].groups(rows)  # no panels: groups are keyed ((), series values)
-    lines = sorted((line for _, line in groups), key=sort_key)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, line in enumerate(lines):
-        setting = ", ".join(_describe(k, v) for k, v in zip(series_keys, line, strict=True))
-        for j, (plot, (_, name)) in enumerate(zip(plots, _TARGETED_CLASSIFIERS, strict=True)):
-            colour = colours[(i * len(plots) + j) % len(colours)]
-            label = f"{name}, {setting}" if setting else name
-            plot._draw_line(ax, groups[(), line], colour, label, first=i == j == 0)
+    series_keys, groups, lines = _draw_classifiers(
+        ax, rows, plots, [name for _, name in _TARGETED_CLASSIFIERS]
+    )
     for classes in sorted({r.get("num_classes") for r in rows}):
         ax.axhline(1 / (classes - 1), color="grey", ls=":", lw=1,
                    label=f"1/(classes − 1) = {1 / (classes - 1):.1%}")  # fmt: skip
@@ -534,16 +613,13 @@ register_figure(
         "fig2_right",
         "Fig 2 right — backdoor attack success rate vs number of poisons",
         "Attack success rate (test images of other classes, patched, classified as the target) "
-        f"against the number of poisons added, mean ± std over seeds (dots: single models). {_ASR_CHANCE} "
-        f"Paper (CC3M, 150-1,500 poisons): 300 poisons (0.01%) reach 50% ASR. {_TOY_RATES}",
-        LinePlot(
-            "poison_count",
-            "asr",
-            "poisons added (and poison rate)",
-            "attack success rate",
-            log_x=True,
-            tick=_count_tick,
-        ),  # fmt: skip
+        "against the number of poisons added, mean ± std over seeds (dots: single models), for the "
+        "zero-shot classifier and for a linear probe fit on the clean embeddings of one half of the "
+        "test split and scored on the other half (paper §4.3). A dashed line with a band is each "
+        f"classifier's clean model (0 poisons). {_ASR_CHANCE} Paper (CC3M, 150-1,500 poisons): 300 "
+        "poisons (0.01%) reach 50% ASR; the linear probe is vulnerable exactly when the zero-shot "
+        f"classifier is. {_TOY_RATES}",
+        _render_backdoor_asr,
     )
 )
 register_figure(
@@ -563,7 +639,9 @@ register_figure(
         "fig3_right",
         "Fig 3 right — similarity of clean pairs vs patched pairs",
         "Histograms (density) of the cosine similarity over all pairs of non-target test images, "
-        "clean and with the patch pasted on, pooled over seeds; one panel per setting. Paper (0.01% "
+        "clean and with the patch pasted on, pooled over seeds; one panel per setting. The black "
+        "curve is the normal distribution fit to the clean pairs (their exact mean and standard "
+        "deviation, pooled over models), as the paper draws it. Paper (0.01% "
         "poisons, CC3M): patched pairs 0.78 vs clean pairs ≈ 0.1, about five standard deviations.",
         _render_histograms,
     )
@@ -571,10 +649,10 @@ register_figure(
 register_figure(
     FigureSpec(
         "asr_vs_rate",
-        "Attack success rate vs poison rate (the issue's 'Fig 3 right')",
+        "Attack success rate vs poison rate (not a figure of the paper)",
         "ASR against the poison rate (poisons ÷ training pairs), one line per clean-data size: lines "
         "that coincide mean the rate decides; lines apart mean the count does (paper Fig 5 left: "
-        f"a count threshold, not a rate). The paper plots this for CC3M at three rates. {_ASR_CHANCE}",
+        f"a count threshold, not a rate). An extra view of Fig 5 left's data. {_ASR_CHANCE}",
         LinePlot(
             "poison_rate",
             "asr",

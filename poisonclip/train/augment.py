@@ -13,18 +13,44 @@ import torch
 CAPTION_EDITS = ("delete", "swap", "repeat")
 
 
-class ImageAugment:
-    """torchvision's AutoAugment, drawn independently for every image of a batch.
+IMAGE_POLICIES = ("cifar10", "imagenet", "simclr")
 
-    ``policy`` ``"cifar10"`` by default: the toy's images are 32×32 like CIFAR's; CleanCLIP used the
-    ImageNet policy on 224×224 images. A geometric op may move or cut the trigger, as it would at
-    full scale.
+
+def simclr_transform(image_size: int):
+    """RoCLIP's and SafeCLIP's image augmentation (their ``utils/augment_image.py``, SimCLR-style):
+    horizontal flip, ``RandomResizedCrop`` to the image size (scale 0.08–1), colour jitter
+    (0.5, 0.5, 0.5, 0.1) with p 0.8, grayscale with p 0.2, Gaussian blur. Their blur kernel is 21
+    pixels at 224×224; scaled to the image (3 at 32×32), odd and at least 3."""
+    from torchvision.transforms import v2
+
+    kernel = max(3, round(21 * image_size / 224) // 2 * 2 + 1)
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.GaussianBlur(kernel),
+        ]
+    )
+
+
+class ImageAugment:
+    """An image augmentation drawn independently for every image of a batch.
+
+    ``policy``: ``"cifar10"`` (default) or ``"imagenet"``, torchvision's AutoAugment (CleanCLIP used
+    the ImageNet policy on 224×224 images; the toy's images are 32×32 like CIFAR's), or
+    ``"simclr"`` (``simclr_transform``: RoCLIP, SafeCLIP). A geometric op may move or cut the
+    trigger, as it would at full scale.
     """
 
     def __init__(self, seed: int = 0, policy: str = "cifar10") -> None:
         from torchvision.transforms import v2  # heavy import, needed only by the defenses
 
-        self._transform = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+        if policy not in IMAGE_POLICIES:
+            raise ValueError(f"policy must be one of {IMAGE_POLICIES}, got {policy!r}")
+        self._policy = policy
+        self._transform = None if policy == "simclr" else v2.AutoAugment(v2.AutoAugmentPolicy(policy))
         self._generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -39,6 +65,8 @@ class ImageAugment:
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
+                if self._transform is None:  # SimCLR's crop size is the images' own
+                    self._transform = simclr_transform(images.shape[-1])
                 out = torch.stack([self._transform(image) for image in images.cpu()])
         finally:
             torch.set_num_threads(threads)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import open_clip
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import save
 
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
@@ -40,7 +41,8 @@ def save_checkpoint(
     preprocess = {"size": image_size_of(model_config), "mean": IMAGE_MEAN, "std": IMAGE_STD}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_file(state, tmp / WEIGHTS_NAME)
+        # save() + a plain write: save_file creates the file 0600, unlike every other output
+        (tmp / WEIGHTS_NAME).write_bytes(save(state))
         config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         record = {
@@ -57,11 +59,18 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     path = Path(path)
     if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
         raise UsageError(f"{path}: not a poisonclip checkpoint (needs {CONFIG_NAME}, {WEIGHTS_NAME})")
-    model_config = json.loads((path / CONFIG_NAME).read_text())["model_cfg"]
+    try:
+        model_config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
+    except (ValueError, KeyError, TypeError) as err:  # not JSON (or not UTF-8), or no model_cfg
+        raise UsageError(f"{path / CONFIG_NAME}: not an open_clip config with a model_cfg ({err!r})") from err
+    if not isinstance(model_config, dict):
+        raise UsageError(f"{path / CONFIG_NAME}: model_cfg is not a JSON object")
     logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every lookup at INFO
     try:
         model = open_clip.create_model(f"local-dir:{path}", device=device)
-    except RuntimeError as err:
+    except SafetensorError as err:  # truncated, empty or not a safetensors file
+        raise UsageError(f"{path / WEIGHTS_NAME}: unreadable weights ({err})") from err
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:  # a config open_clip cannot build
         raise UsageError(f"{path}: weights do not match the model config: {err}") from err
     return model.eval(), model_config
 

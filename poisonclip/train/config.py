@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from poisonclip.errors import UsageError
+from poisonclip.keys import ADDED_LATER
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -31,6 +32,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
     compile: bool = False  # torch.compile the loss computation (first steps pay for compiling)
     data_on_device: bool = True  # False: data stays in CPU memory, batches copied (pinned on CUDA)
+    # Start from these weights instead of a fresh model: an open_clip pretrained tag of ``model``
+    # (open_clip downloads it), or a weights file (open_clip's epoch_N.pt, a state dict, safetensors).
+    pretrained: str | None = field(default=None, metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:

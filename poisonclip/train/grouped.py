@@ -25,8 +25,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, ResidualAttentionBlock, VisionTransformer
-from tqdm.auto import tqdm
 
+from poisonclip.errors import UsageError
+from poisonclip.progress import progress_bar
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import (
     TrainStats,
@@ -227,7 +228,7 @@ def train_grouped(
         raise ValueError("grouped models need datasets of one size")
     steps_per_epoch = n // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n})")
+        raise UsageError(f"batch_size {config.batch_size} is larger than the dataset ({n})")
     total_steps = steps_per_epoch * config.epochs
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(config.precision, device)
@@ -239,7 +240,7 @@ def train_grouped(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     forward = torch.compile(_forward) if config.compile else _forward
     orders = [torch.Generator().manual_seed(c.seed) for c in configs]
-    bar = tqdm(total=total_steps, desc=f"train x{len(models)}", unit="step", disable=not progress)
+    bar = progress_bar(total=total_steps, desc=f"train x{len(models)}", unit="step", disable=not progress)
     start, losses = time.perf_counter(), torch.full((len(models),), float("nan"))
 
     for step in range(total_steps):

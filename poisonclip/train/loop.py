@@ -15,8 +15,9 @@ from typing import Protocol
 import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from poisonclip.errors import UsageError
+from poisonclip.progress import progress_bar
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.parallel import single_thread_pool, torch_threads
 
@@ -35,9 +36,27 @@ class TrainStats:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``: cuda if available, else cpu; else the named device (an unknown name: UsageError).
+    The device need not exist here (a command may be meant for a GPU host: ``check_device``)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from err
+
+
+def check_device(device: str) -> torch.device:
+    """``resolve_device``, refusing a device this host does not have: call it before any work that
+    will train or evaluate here, so that nothing fails after minutes (or a whole sweep) of it."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise UsageError(f"device {device!r}: this host has {count} CUDA device(s); use --device cpu")
+    elif resolved.type != "cpu":
+        raise UsageError(f"device {device!r}: poisonclip trains on cpu or cuda devices")
+    return resolved
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -188,8 +207,11 @@ def cpu_shards(device: torch.device, config: TrainConfig) -> int:
     return threads
 
 
-# on_batch(epoch, sample ids [B], detached per-sample losses [B]): per-sample logging (loss tracking)
+# on_batch(epoch, sample ids [B], detached per-sample losses [B]): per-sample logging
 BatchCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# on_epoch_end(model, epoch, images, tokens): after each epoch's last step, with the training set
+# (eval-mode passes over it, per-epoch metrics)
+EpochCallback = Callable[[torch.nn.Module, int, torch.Tensor, torch.Tensor], None]
 
 
 def batch_to(device: torch.device, ids: torch.Tensor, *data: torch.Tensor) -> list[torch.Tensor]:
@@ -209,10 +231,16 @@ def batch_to(device: torch.device, ids: torch.Tensor, *data: torch.Tensor) -> li
 
 
 def make_optimizer(
-    named_parameters: Iterable[tuple[str, torch.Tensor]], config: TrainConfig, model_axes: int = 0
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    config: TrainConfig,
+    model_axes: int = 0,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-6,
 ) -> torch.optim.Optimizer:
     """The configured optimizer over ``model.named_parameters()``; ``model_axes`` leading axes of
-    each parameter index models (1 for ``GroupedCLIP``'s stacked weights), not weights."""
+    each parameter index models (1 for ``GroupedCLIP``'s stacked weights), not weights. ``betas``
+    and ``eps`` (AdamW only): open_clip's defaults; the defenses' official code uses (0.9, 0.999)
+    and 1e-8."""
 
     # As open_clip: no weight decay on gains, biases and the temperature.
     def no_decay(name: str, p: torch.Tensor) -> bool:
@@ -232,7 +260,7 @@ def make_optimizer(
     # 3.2M-parameter token embedding otherwise dominates small-batch steps.
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=True)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=eps, fused=True)
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -252,11 +280,19 @@ def train_clip(
     progress: bool = True,
     objective: Objective | None = None,
     on_batch: BatchCallback | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_schedule: Callable[[int, int], float] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on ``images`` uint8 [N, 3, H, W], ``tokens`` [N, L].
 
     ``objective`` (default: the CLIP loss) gives per-sample losses [B]; a step minimises their mean.
-    ``on_batch`` sees each batch's sample ids (rows of ``images``) and its per-sample losses.
+    ``on_batch`` sees each batch's sample ids (rows of ``images``) and its per-sample losses;
+    ``on_epoch_end`` the model and the training set after each epoch (it may switch the model to
+    eval mode; training resumes in train mode).
+    ``optimizer`` (default: a fresh ``make_optimizer``) lets a caller keep one optimizer's state
+    across several calls, and ``lr_schedule(step, total_steps)`` (default ``lr_at``) its own lr
+    curve across them: defenses built of several passes (SafeCLIP) train as one run.
     Deterministic on the CPU for a given ``config.seed`` (data order) and model initialisation.
     """
     device = resolve_device(config.device)
@@ -264,23 +300,27 @@ def train_clip(
     if shards > 1:  # this thread only waits on the workers: on one torch thread too (a second one
         # beside the workers made steps 15x slower on a busy 2-core CPU)
         with torch_threads(1):
-            return train_clip(model, images, tokens, config, progress, ShardedClipObjective(shards), on_batch)
+            return train_clip(
+                model, images, tokens, config, progress, ShardedClipObjective(shards),
+                on_batch, on_epoch_end, optimizer, lr_schedule,
+            )  # fmt: skip
     objective = objective or ClipObjective()
     compute_losses = torch.compile(objective.__call__) if config.compile else objective
     amp_dtype = autocast_dtype(config.precision, device)
     n = images.shape[0]
     steps_per_epoch = n // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n})")
+        raise UsageError(f"batch_size {config.batch_size} is larger than the dataset ({n})")
     total_steps = steps_per_epoch * config.epochs
 
     model.to(device).train()
     if config.data_on_device:  # small enough to live on the device
         images, tokens = images.to(device), tokens.to(device)
-    optimizer = make_optimizer(model.named_parameters(), config)
+    optimizer = optimizer or make_optimizer(model.named_parameters(), config)
+    lr_schedule = lr_schedule or (lambda step, total: lr_at(step, total, config))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     order = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress)
+    bar = progress_bar(total=total_steps, desc="train", unit="step", disable=not progress)
     start, loss_value = time.perf_counter(), float("nan")
 
     for step in range(total_steps):
@@ -291,7 +331,7 @@ def train_clip(
         ids = perm[position * config.batch_size :][: config.batch_size]  # sample ids [B], on the CPU
         batch = ids.to(device)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, config)
+            group["lr"] = lr_schedule(step, total_steps)
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             losses = compute_losses(model, *batch_to(device, ids, images, tokens), batch, epoch)  # [B]
@@ -305,6 +345,9 @@ def train_clip(
             model.logit_scale.clamp_(0, math.log(100))
         if on_batch is not None:
             on_batch(epoch, batch, losses.detach())
+        if on_epoch_end is not None and position == steps_per_epoch - 1:
+            on_epoch_end(model, epoch, images, tokens)
+            model.train()
 
         if step % 10 == 0 or step == total_steps - 1:
             loss_value = loss.item()

@@ -32,7 +32,7 @@ from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.grouped import groupable, train_grouped
 from poisonclip.train.loop import TrainStats, resolve_device, train_clip
-from poisonclip.train.model import create_model, get_model_config, tokenize
+from poisonclip.train.model import create_model, get_model_config, initial_model, tokenize
 from poisonclip.train.parallel import run_in_processes
 
 METHODS = ("auto", "sequential", "grouped", "processes", "grouped-processes")
@@ -108,7 +108,7 @@ def _train_chunk(jobs: list[dict[str, Any]], progress: bool) -> list[tuple[dict,
     Returns each model's state dict (on the CPU: cheap to send back) and stats."""
     configs = [job["config"] for job in jobs]
     model_configs = [get_model_config(c.model) for c in configs]
-    models = [create_model(mc, seed=c.seed) for mc, c in zip(model_configs, configs, strict=True)]
+    models = [initial_model(c, mc) for mc, c in zip(model_configs, configs, strict=True)]
     data = [
         (job["dataset"].images, tokenize(job["dataset"].captions, mc))
         for job, mc in zip(jobs, model_configs, strict=True)

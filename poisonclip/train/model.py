@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 
 from poisonclip.errors import UsageError
+
+if TYPE_CHECKING:
+    from poisonclip.train.config import TrainConfig
 
 
 def list_model_configs() -> list[str]:
@@ -41,6 +48,74 @@ def create_model(model_config: dict, seed: int = 0) -> open_clip.CLIP:
     custom_text = config.pop("custom_text", False) or "hf_model_name" in config.get("text_cfg", {})
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     return cls(**config)
+
+
+def initial_model(config: TrainConfig, model_config: dict) -> torch.nn.Module:
+    """The model that training starts from: ``config.pretrained``'s weights, else fresh from
+    ``config.seed``."""
+    model = create_model(model_config, seed=config.seed)
+    if config.pretrained:
+        load_pretrained(model, config.model, config.pretrained)
+    return model
+
+
+def check_pretrained(model_name: str, pretrained: str) -> Path | None:
+    """Validate ``--pretrained`` without loading it: the weights file, or ``None`` for an open_clip
+    pretrained tag of ``model_name``. TorchScript archives (OpenAI's original ``.pt``) are refused:
+    loading one runs its code, and open_clip itself loads files with ``weights_only=True``."""
+    path = Path(pretrained)
+    if path.is_file():
+        if zipfile.is_zipfile(path) and _is_torchscript(path):
+            raise UsageError(
+                f"--pretrained {path} is a TorchScript archive (OpenAI's original .pt), which cannot "
+                "be loaded as weights only; use the open_clip tag instead (e.g. --pretrained openai: "
+                "open_clip downloads the same weights as a state dict)"
+            )
+        return path
+    if path.is_dir():
+        raise UsageError(f"--pretrained {path} is a directory: name the weights file in it")
+    if open_clip.get_pretrained_cfg(model_name, pretrained):
+        return None
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    raise UsageError(
+        f"--pretrained {pretrained!r} is neither a file nor an open_clip pretrained tag of model "
+        f"{model_name!r} (its tags: {', '.join(tags) or 'none'})"
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    # What torch.load itself checks: torch.save's zip archives hold no constants.pkl.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:  # torch.load reports a damaged file when it is loaded
+        return False
+
+
+def load_pretrained(model: torch.nn.Module, model_name: str, pretrained: str) -> None:
+    """Load ``pretrained`` (see ``check_pretrained``) into ``model`` with open_clip's own loader:
+    safetensors, or ``torch.load(weights_only=True)`` (open_clip_train's ``epoch_N.pt`` with its DDP
+    ``module.`` prefix, a plain state dict), every key of the model required. A tag is downloaded
+    (and cached) by open_clip, as ``open_clip.create_model(model_name, pretrained=tag)`` does."""
+    path = check_pretrained(model_name, pretrained)
+    if path is None:
+        path = open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UsageError(
+            f"--pretrained {pretrained}: not weights only (it pickles other objects), so it is not "
+            f"loaded: {str(err).splitlines()[0]}"
+        ) from err
+    # What torch.load, safetensors and load_state_dict raise on a file of another model or format.
+    except (
+        RuntimeError, KeyError, ValueError, TypeError, AttributeError, StopIteration, OSError, EOFError,
+        SafetensorError,
+    ) as err:  # fmt: skip
+        detail = " ".join(str(err).strip().splitlines()[:2])[:300] or type(err).__name__
+        raise UsageError(
+            f"--pretrained {pretrained}: cannot load it into model {model_name!r}: {detail}"
+        ) from err
 
 
 def image_size_of(model_config: dict) -> int:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from poisonclip.train.loop import clip_loss_per_sample, normalize_images
 
 ImageAugmenter = Callable[[torch.Tensor], torch.Tensor]  # uint8 [B, 3, H, W] -> same shape
-TextAugmenter = Callable[[torch.Tensor], torch.Tensor]  # token ids int64 [B, L] -> same shape
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,17 @@ def encode_views(
     model: torch.nn.Module,
     images: torch.Tensor,
     tokens: torch.Tensor,
-    augment_image: ImageAugmenter,
-    augment_text: TextAugmenter,
+    aug_images: torch.Tensor,
+    aug_tokens: torch.Tensor,
 ) -> Views:
-    """Embed ``images`` uint8 [B, 3, H, W] and ``tokens`` [B, L], as they are and augmented.
+    """Embed ``images`` uint8 [B, 3, H, W] and ``tokens`` [B, L] with their second views
+    ``aug_images`` and ``aug_tokens`` (same shapes).
 
-    Each encoder runs once on the batch and its augmented copy stacked, [2B, ...].
+    Each encoder runs once on the batch and its second view stacked, [2B, ...].
     """
     b = images.shape[0]
-    both_images = normalize_images(torch.cat([images, augment_image(images)]))
-    image_features = model.encode_image(both_images, normalize=True)  # [2B, D]
-    text_features = model.encode_text(torch.cat([tokens, augment_text(tokens)]), normalize=True)
+    image_features = model.encode_image(normalize_images(torch.cat([images, aug_images])), normalize=True)
+    text_features = model.encode_text(torch.cat([tokens, aug_tokens]), normalize=True)  # [2B, D]
     return Views(image_features[:b], text_features[:b], image_features[b:], text_features[b:])
 
 
@@ -61,24 +60,25 @@ def inmodal_loss_per_sample(views: Views, logit_scale: torch.Tensor) -> torch.Te
 class CleanClipObjective:
     """``clip_weight`` · CLIP loss + ``inmodal_weight`` · in-modal loss, per sample (CleanCLIP, ICCV'23).
 
-    The CLIP term pairs the unaugmented views; ``clip_weight = 0`` gives the purely in-modal
-    warm-up of SafeCLIP.
+    As CleanCLIP's data loader: the second view of an image is drawn afresh every step, the second
+    view of a caption is one edit fixed at load time (``aug_tokens`` [N, L], row = sample id). The
+    CLIP term pairs the unaugmented views.
     """
 
     def __init__(
         self,
         augment_image: ImageAugmenter,
-        augment_text: TextAugmenter,
+        aug_tokens: torch.Tensor,
         clip_weight: float = 1.0,
         inmodal_weight: float = 1.0,
     ) -> None:
-        self.augment_image, self.augment_text = augment_image, augment_text
+        self.augment_image, self.aug_tokens = augment_image, aug_tokens
         self.clip_weight, self.inmodal_weight = clip_weight, inmodal_weight
 
     def start_epoch(
         self, model: torch.nn.Module, epoch: int, images: torch.Tensor, tokens: torch.Tensor
     ) -> None:
-        pass
+        self.aug_tokens = self.aug_tokens.to(tokens.device)
 
     def __call__(
         self,
@@ -88,15 +88,11 @@ class CleanClipObjective:
         ids: torch.Tensor,
         epoch: int,
     ) -> torch.Tensor:
-        views = encode_views(model, images, tokens, self.augment_image, self.augment_text)
+        views = encode_views(model, images, tokens, self.augment_image(images), self.aug_tokens[ids])
         scale = model.logit_scale.exp()
-        inmodal = inmodal_loss_per_sample(views, scale)
-        if self.clip_weight == 0:
-            return self.inmodal_weight * inmodal
-        return (
-            self.clip_weight * clip_loss_per_sample(views.image, views.text, scale)
-            + self.inmodal_weight * inmodal
-        )
+        return self.clip_weight * clip_loss_per_sample(
+            views.image, views.text, scale
+        ) + self.inmodal_weight * inmodal_loss_per_sample(views, scale)
 
 
 def clip_validation_loss(

@@ -36,7 +36,7 @@ from poisonclip.errors import UsageError
 from poisonclip.train.checkpoint import save_checkpoint
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import resolve_device
-from poisonclip.train.model import create_model, get_model_config, list_model_configs
+from poisonclip.train.model import check_pretrained, create_model, get_model_config, list_model_configs
 
 LAUNCHER_MODULE = "poisonclip.train.open_clip_backend"
 
@@ -68,6 +68,17 @@ class OpenClipRun:
     @property
     def experiment_dir(self) -> Path:
         return Path(self.logs) / self.name
+
+
+MAX_DEFAULT_WORKERS = 8  # decoding keeps up with a GPU's steps well before this
+
+
+def default_workers(nproc_per_node: int) -> int:
+    """Data-loader workers per process from the cores this process may use, shared by the
+    processes: more workers than cores only oversubscribe them (DataLoader warns) and change the
+    samples per epoch of webdataset (rounded to a multiple of the workers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // max(1, nproc_per_node)))
 
 
 def join_train_data(sources: Sequence[str]) -> str:
@@ -111,6 +122,8 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
     if cuda is None:
         cuda = resolve_device(config.device).type == "cuda"
     get_model_config(config.model)  # unknown names fail here, not on the cluster
+    if config.pretrained:  # and so do unknown tags and unloadable files; open_clip_train loads them
+        check_pretrained(config.model, config.pretrained)
     if run.nproc_per_node < 1 or run.workers < 0:
         raise UsageError("need nproc_per_node >= 1 and workers >= 0")
     if config.batch_size % run.nproc_per_node:
@@ -148,6 +161,7 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
         *optimizer,
         "--warmup", str(round(config.warmup_fraction * steps * config.epochs)),
         "--precision", open_clip_precision(config.precision, cuda),
+        *(["--pretrained", config.pretrained] if config.pretrained else []),
         *(["--torchcompile"] if config.compile else []),
         *(["--device", config.device] if config.device != "auto" else []),
         "--workers", str(run.workers),
@@ -158,13 +172,17 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
     ]  # fmt: skip
 
 
+def torchrun_command(nproc_per_node: int) -> list[str]:
+    """``torchrun --nproc-per-node N``, with the torchrun beside this Python (its venv's) if any."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun) if torchrun.is_file() else "torchrun", "--nproc-per-node", str(nproc_per_node)]
+
+
 def build_command(config: TrainConfig, run: OpenClipRun, cuda: bool | None = None) -> list[str]:
     """The exact ``torchrun`` command line (a list of arguments, not a shell string); ``cuda`` as
     in ``open_clip_args``."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     return [
-        str(torchrun) if torchrun.is_file() else "torchrun",
-        "--nproc-per-node", str(run.nproc_per_node),
+        *torchrun_command(run.nproc_per_node),
         "--module",
         "--",  # without it torchrun reads the script's --logs as its own --logs-specs
         LAUNCHER_MODULE,

@@ -1,0 +1,117 @@
+"""The trigger-resolution rule: a trigger is specified in the model's input pixels.
+
+Resizing is part of the threat model: a checkerboard of 1-pixel cells downsampled 2x becomes a grey
+block, and a trigger pasted on test images after resizing is not the one training saw. So, for
+every data resolution:
+
+* poisons are written at the model's input size (``poison ... --image-size``: the chosen source
+  images are resized and centre-cropped to it, then the ``--patch-size`` trigger is pasted);
+* training resizes the clean data to the model's input (as open_clip's preprocessing does) and
+  refuses a backdoor poison set stored at another size, whose trigger the resize would change;
+* evaluation resizes the test images to the model's input, then pastes the same trigger.
+
+This module finds the size a dataset is stored at (from the first image's header, nothing decoded)
+and applies the refusal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from poisonclip.data.dataset import CSV_SEPARATOR, IMAGE_COLUMN
+from poisonclip.errors import UsageError
+
+
+def stored_image_size(
+    source: str, sep: str = CSV_SEPARATOR, image_column: str = IMAGE_COLUMN
+) -> tuple[int, int] | None:
+    """(width, height) of the first readable image of a CSV or shard set; ``None`` if none opens
+    (or the data is not here: a ``--dry-run`` command may name another machine's files)."""
+    from poisonclip.data.wds import IMAGE_EXTENSIONS, is_shard_url
+
+    if is_shard_url(source):
+        import webdataset as wds
+
+        for url in (u for part in source.split("::") for u in wds.shardlists.expand_urls(part)):
+            if not Path(url).is_file():
+                continue
+            only_images = wds.tarfile_to_samples(
+                handler=wds.ignore_and_continue,
+                select_files=lambda name: name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS,
+            )
+            for sample in only_images(wds.SimpleShardList([url])):
+                for ext in IMAGE_EXTENSIONS:
+                    if ext in sample and (size := _header_size(io.BytesIO(sample[ext]))):
+                        return size
+        return None
+    path = Path(source)
+    if not path.is_file():
+        return None
+    try:  # utf-8-sig, as read_csv_dataset reads it: a byte-order mark is not part of a column name
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.DictReader(f, delimiter=sep):
+                key = row.get(image_column) or ""
+                image = Path(key) if Path(key).is_absolute() else path.parent / key
+                if key and image.is_file() and (size := _header_size(image)):
+                    return size
+    except UnicodeDecodeError:  # the reader itself reports a file that is not UTF-8
+        return None
+    return None
+
+
+def _header_size(file: Path | io.BytesIO) -> tuple[int, int] | None:
+    try:
+        with Image.open(file) as im:  # reads the header only
+            return im.size
+    except (OSError, ValueError, SyntaxError):  # PIL raises all three on bad files
+        return None
+
+
+def carries_trigger(source: str) -> bool:
+    """Whether a ``--data`` source is a poison set written by ``poison backdoor``: its manifest lies
+    beside it and lists patches (targeted poisons carry no trigger, and resize like clean data)."""
+    from poisonclip.attacks.poison_set import MANIFEST_NAME, SHARD_DIR  # attacks import data: lazily
+
+    here = Path(os.path.dirname(source.split("::")[0].split("{")[0]))  # CSV or shards folder
+    if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
+        here = here.parent
+    try:
+        with open(here / MANIFEST_NAME, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):  # no manifest (not a poison set) or not one of ours
+        return False
+    return isinstance(first, dict) and "patch" in first
+
+
+def check_poison_resolution(
+    sources: Sequence[str], model_size: int, sep: str = CSV_SEPARATOR, image_column: str = IMAGE_COLUMN
+) -> list[tuple[str, tuple[int, int]]]:
+    """Refuse backdoor poison sets not stored at the model's input size; return ``(source, (width,
+    height))`` of the other sources stored at another size, for a note.
+
+    A backdoor poison set at another size would be resized before the model sees it, changing its
+    trigger (``UsageError``). Other data is only resized, as open_clip's preprocessing does. ``sep``
+    and ``image_column`` describe the user's CSVs; poison sets are written with the defaults.
+    """
+    resized = []
+    for source in sources:
+        trigger = carries_trigger(source)
+        csv_format = (CSV_SEPARATOR, IMAGE_COLUMN) if trigger else (sep, image_column)
+        size = stored_image_size(source, *csv_format)
+        if size is None or size == (model_size, model_size):
+            continue
+        if trigger:
+            raise UsageError(
+                f"{source}: the poisons are {size[0]}x{size[1]} pixels but the model takes "
+                f"{model_size}x{model_size}; resizing them would change the trigger (a trigger is "
+                f"given in model-input pixels): rebuild them with poison ... --image-size {model_size}"
+            )
+        resized.append((source, size))
+    return resized

@@ -1,0 +1,301 @@
+"""Every subcommand over bad input: exit code 2, one ``error:`` line, no traceback, nothing written.
+
+``CASES`` is the table: add a row for a new bad input (or a new subcommand: the coverage test fails
+until every subcommand has at least one). Each row is a command line with ``{placeholders}`` for the
+prepared inputs in ``inputs`` below; it runs in an empty working directory, and every file there
+and among the inputs must be unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from poisonclip.cli import build_parser, main
+from tests.test_sweep import TINY
+
+# (id, command line); an empty argument is written ''.
+CASES = [
+    # --- output paths (section 1): refused before any work
+    ("synth-out-empty", "data synth ''"),
+    ("synth-out-cwd", "data synth . --overwrite"),
+    ("synth-out-parent", "data synth .. --overwrite"),
+    ("synth-out-file", "data synth {file}"),
+    ("synth-out-uncreatable", "data synth {file}/sub"),
+    ("synth-out-user-dir", "data synth {userdir}"),
+    ("synth-out-user-dir-overwrite", "data synth {userdir} --overwrite"),
+    ("synth-out-previous-output", "data synth {data}"),
+    ("synth-seed-negative", "data synth out --seed -1"),
+    ("synth-image-size-0", "data synth out --image-size 0"),
+    ("demo-out-user-dir", "demo --out {userdir} --overwrite"),
+    ("demo-out-empty", "demo --out ''"),
+    ("demo-device-banana", "demo --out out --device banana"),
+    ("demo-target-label-empty", "demo --out out --target-label ''"),
+    ("backdoor-out-holds-input", "poison backdoor --data {train} --out {data} --poison-count 2 --overwrite"),
+    ("backdoor-out-empty", "poison backdoor --data {train} --out '' --poison-count 2"),
+    ("backdoor-out-cwd", "poison backdoor --data {train} --out . --poison-count 2 --overwrite"),
+    ("backdoor-out-existing", "poison backdoor --data {train} --out {poisons} --poison-count 2"),
+    (
+        "backdoor-merged-csv-dir",
+        "poison backdoor --data {train} --out out --poison-count 2 --merged-csv {userdir}",
+    ),
+    (
+        "backdoor-merged-csv-is-input",
+        "poison backdoor --data {train} --out out --poison-count 2 --merged-csv {train} --overwrite",
+    ),
+    # --- bad data and options (section 2)
+    ("backdoor-latin1-csv", "poison backdoor --data {latin1} --out out --poison-count 2"),
+    (
+        "backdoor-separator-double",
+        "poison backdoor --data {train} --out out --poison-count 2 --csv-separator ';;'",
+    ),
+    (
+        "backdoor-separator-empty",
+        "poison backdoor --data {train} --out out --poison-count 2 --csv-separator ''",
+    ),
+    (
+        "backdoor-target-label-empty",
+        "poison backdoor --data {train} --out out --poison-count 2 --target-label ''",
+    ),
+    ("backdoor-image-size-0", "poison backdoor --data {train} --out out --poison-count 2 --image-size 0"),
+    (
+        "targeted-out-file",
+        "poison targeted --data {train} --out {file} --target-image {image} "
+        "--target-label heart --poison-count 2",
+    ),
+    (
+        "targeted-bad-image",
+        "poison targeted --data {train} --out out --target-image {file} "
+        "--target-label heart --poison-count 2",
+    ),
+    (
+        "targeted-latin1-split",
+        "poison targeted --data {train} --out out --target-index 0 --target-split {latin1} "
+        "--target-label heart --poison-count 2",
+    ),
+    ("train-batch-larger-than-data", "train --data {train} --out out --preset tiny --batch-size 100000"),
+    ("train-device-cuda-or-gpu-index", "train --data {train} --out out --preset tiny --device cuda:99"),
+    ("train-device-banana", "train --data {train} --out out --preset tiny --device banana"),
+    ("train-out-existing", "train --data {train} --out {ckpt} --preset tiny"),
+    (
+        "train-init-checkpoint-zero-bytes",
+        "train --data {train} --out out --preset tiny --init-checkpoint {ckpt_zero}",
+    ),
+    ("train-latin1-csv", "train --data {latin1} --out out --preset tiny"),
+    ("train-separator-empty", "train --data {train} --out out --preset tiny --csv-separator ''"),
+    (
+        "evaluate-checkpoint-truncated",
+        "evaluate --checkpoint {ckpt_truncated} --test {test} --classnames {classnames}",
+    ),
+    (
+        "evaluate-checkpoint-zero-bytes",
+        "evaluate --checkpoint {ckpt_zero} --test {test} --classnames {classnames}",
+    ),
+    (
+        "evaluate-checkpoint-garbage",
+        "evaluate --checkpoint {ckpt_garbage} --test {test} --classnames {classnames}",
+    ),
+    (
+        "evaluate-checkpoint-bad-json",
+        "evaluate --checkpoint {ckpt_bad_json} --test {test} --classnames {classnames}",
+    ),
+    (
+        "evaluate-checkpoint-no-model-cfg",
+        "evaluate --checkpoint {ckpt_no_model_cfg} --test {test} --classnames {classnames}",
+    ),
+    (
+        "evaluate-out-dir",
+        "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --out {userdir}",
+    ),
+    (
+        "evaluate-out-dir-overwrite",
+        "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --out {poisons} --overwrite",
+    ),
+    (
+        "evaluate-out-existing-file",
+        "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --out {file}",
+    ),
+    (
+        "evaluate-out-is-input",
+        "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --out {test} --overwrite",
+    ),
+    (
+        "evaluate-target-label-empty",
+        "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --target-label ''",
+    ),
+    ("evaluate-latin1-test", "evaluate --checkpoint {ckpt} --test {latin1} --classnames {classnames}"),
+    ("detect-checkpoint-zero-bytes", "detect --checkpoint {ckpt_zero} --data {train} --out out"),
+    ("detect-lid-k-1", "detect --checkpoint {ckpt} --data {train} --out out --lid-k 1"),
+    (
+        "detect-manifest-no-poison-key",
+        "detect --checkpoint {ckpt} --data {train} {poisons}/poisons.csv --out out "
+        "--manifest {manifest_no_key}",
+    ),
+    (
+        "detect-manifest-not-json",
+        "detect --checkpoint {ckpt} --data {train} {poisons}/poisons.csv --out out --manifest {manifest_bad}",
+    ),
+    (
+        "detect-loss-record-not-json",
+        "detect --checkpoint {ckpt} --data {train} --out out --detectors loss-tracking "
+        "--loss-record {loss_bad}",
+    ),
+    ("detect-out-holds-input", "detect --checkpoint {ckpt} --data {train} --out {ckpt} --overwrite"),
+    (
+        "defend-checkpoint-no-model-cfg",
+        "defend cleanclip --checkpoint {ckpt_no_model_cfg} --clean-data {train} --out out --preset tiny",
+    ),
+    ("defend-device-banana", "defend roclip --data {train} --out out --preset tiny --device banana"),
+    ("defend-out-user-dir", "defend roclip --data {train} --out {userdir} --preset tiny --overwrite"),
+    ("sweep-run-binary-toml", "sweep run {binary} --db out.sqlite"),
+    ("sweep-run-empty-experiment", "sweep run {empty_toml} --db out.sqlite"),
+    ("sweep-run-device-cuda", "sweep run {cuda_toml} --db out.sqlite"),
+    ("sweep-run-db-not-sqlite", "sweep run {tiny_toml} --db {file}"),
+    ("sweep-run-db-foreign-sqlite", "sweep run {tiny_toml} --db {foreign_db}"),
+    ("sweep-run-db-dir", "sweep run {tiny_toml} --db {userdir}"),
+    ("sweep-run-workers-0", "sweep run {tiny_toml} --db out.sqlite --workers 0"),
+    ("sweep-status-db-not-sqlite", "sweep status {tiny_toml} --db {file}"),
+    ("sweep-status-db-dir", "sweep status {tiny_toml} --db {userdir}"),
+    ("sweep-status-binary-toml", "sweep status {binary} --db out.sqlite"),
+    ("report-not-sqlite", "report {file} --out out"),
+    ("report-db-dir", "report {userdir} --out out"),
+    ("report-db-missing", "report missing.sqlite --out out"),
+    ("report-out-user-dir", "report {foreign_db} --out {userdir} --overwrite"),
+    ("reproduce-binary-toml", "reproduce {binary} --db out.sqlite --out report"),
+    ("reproduce-out-user-dir", "reproduce {tiny_toml} --db out.sqlite --out {userdir} --overwrite"),
+    ("list-unknown", "list banana"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
+    """Every input the cases name: good ones (data, a checkpoint, a poison set) and broken ones."""
+    root = tmp_path_factory.mktemp("inputs")
+    assert main(["poison", "backdoor", "--data", str(small_data_dir / "train.csv"), "--out",
+                 str(root / "poisons"), "--poison-count", "4", "--no-progress"]) == 0  # fmt: skip
+    ckpt = root / "ckpt"
+    assert main(["train", "--data", str(small_data_dir / "train.csv"), "--out", str(ckpt), "--preset",
+                 "tiny", "--epochs", "1", "--no-progress"]) == 0  # fmt: skip
+    weights = (ckpt / "open_clip_model.safetensors").read_bytes()
+    broken = {
+        "ckpt_truncated": ("open_clip_model.safetensors", weights[: len(weights) // 2]),
+        "ckpt_zero": ("open_clip_model.safetensors", b""),
+        "ckpt_garbage": ("open_clip_model.safetensors", bytes(range(256)) * 40),
+        "ckpt_bad_json": ("open_clip_config.json", b"{not json"),
+        "ckpt_no_model_cfg": ("open_clip_config.json", b'{"preprocess_cfg": {}}'),
+    }
+    paths = {}
+    for name, (member, content) in broken.items():
+        copy = root / name
+        copy.mkdir()
+        for f in ckpt.iterdir():
+            (copy / f.name).write_bytes(content if f.name == member else f.read_bytes())
+        paths[name] = copy
+    image = next((small_data_dir / "images" / "test").iterdir())
+    (root / "latin1.csv").write_bytes(f"filepath\ttitle\n{image}\ta café crème\n".encode("latin-1"))
+    (root / "notes.txt").write_text("a user's file\n")
+    (root / "userdir").mkdir()
+    (root / "userdir" / "thesis.tex").write_text("years of work\n")
+    (root / "binary.toml").write_bytes(bytes(range(256)))
+    (root / "empty.toml").write_text("")
+    (root / "tiny.toml").write_text(TINY)
+    (root / "cuda.toml").write_text(TINY.replace('preset = "tiny"', 'preset = "tiny"\ndevice = "cuda:99"'))
+    (root / "manifest_no_key.jsonl").write_text('{"caption": "a star"}\n')
+    (root / "manifest_bad.jsonl").write_text('{"poison_key": "poison/000000.png"\n')
+    (root / "loss_bad.json").write_text("{truncated")
+    with sqlite3.connect(root / "foreign.sqlite") as db:
+        db.execute("CREATE TABLE accounts (name TEXT)")
+    paths |= {
+        "data": small_data_dir,
+        "train": small_data_dir / "train.csv",
+        "test": small_data_dir / "test.csv",
+        "classnames": small_data_dir / "classnames.txt",
+        "image": image,
+        "ckpt": ckpt,
+        "poisons": root / "poisons",
+        "latin1": root / "latin1.csv",
+        "file": root / "notes.txt",
+        "userdir": root / "userdir",
+        "binary": root / "binary.toml",
+        "empty_toml": root / "empty.toml",
+        "tiny_toml": root / "tiny.toml",
+        "cuda_toml": root / "cuda.toml",
+        "manifest_no_key": root / "manifest_no_key.jsonl",
+        "manifest_bad": root / "manifest_bad.jsonl",
+        "loss_bad": root / "loss_bad.json",
+        "foreign_db": root / "foreign.sqlite",
+    }
+    return {name: str(path) for name, path in paths.items()}
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file and directory under ``roots``."""
+    found = {}
+    for root in roots:
+        for path in [root, *root.rglob("*")]:
+            stat = path.stat()
+            found[str(path)] = (stat.st_size if path.is_file() else -1, stat.st_mtime_ns)
+    return found
+
+
+def run_case(command: str, inputs: dict[str, str], tmp_path: Path, monkeypatch, capsys) -> str:
+    """Run one case in an empty working directory; return its stderr after the common checks."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    watched = [work, Path(inputs["data"]), Path(inputs["ckpt"]).parent]
+    before = snapshot(*watched)
+    argv = shlex.split(command.format(**inputs))
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    errors = [line for line in (out + err).splitlines() if "error:" in line]
+    assert code == 2, f"exit {code}; output:\n{out}{err}"
+    assert len(errors) == 1 and re.match(r"poisonclip( [a-z]+)*: error: \S", errors[0]), errors
+    assert snapshot(*watched) == before, "the command wrote or changed files"
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(
+    command, inputs, tmp_path, monkeypatch, capsys
+):
+    run_case(command, inputs, tmp_path, monkeypatch, capsys)
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every runnable command path of the parser (``("poison", "backdoor")``, ``("train",)`` ...)."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= subcommands(sub, (*prefix, name)) or {(*prefix, name): sub}
+    return found
+
+
+def test_every_subcommand_has_bad_input_cases():
+    paths = subcommands(build_parser())
+    covered = {tuple(shlex.split(command))[: len(path)] for _, command in CASES for path in paths}
+    missing = [" ".join(path) for path in paths if path not in covered]
+    assert not missing, f"add bad-input cases to CASES for: {missing}"
+
+
+def test_every_output_option_is_checked_and_can_be_overwritten():
+    """An option that names an output is declared to main's checks, and comes with --overwrite."""
+    for path, parser in subcommands(build_parser()).items():
+        declared = parser.get_default("outputs") or {}
+        for action in parser._actions:
+            if action.dest in ("out", "merged_csv"):
+                assert action.dest in declared, f"{' '.join(path)}: {action.dest} is not checked"
+        if declared:
+            assert any(a.dest == "overwrite" for a in parser._actions), f"{' '.join(path)}: no --overwrite"
