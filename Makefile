@@ -47,7 +47,7 @@ gpu-check-smoke: $(STAMP)
 # Every shipped experiment file into results/sweeps.sqlite (committed: a second call trains nothing
 # and takes under a minute), then the report with the paper-vs-toy table; figures to docs/figures.
 figures: $(STAMP)
-	$(BIN)/poisonclip reproduce --figures docs/figures --overwrite
+	$(BIN)/poisonclip reproduce --figures docs/figures --readme README.md --overwrite
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -119,10 +119,12 @@ def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None
 def _add_patch_options(
     p: argparse.ArgumentParser,
     placement_flag: str = "--placement",
-    label_default: str | None = "star",
-    label_help: str = "the label the trigger should cause",
+    label_default: str | None = None,
+    label_help: str = "the label the trigger should cause: a class name of your data, which the poisons' "
+    "captions are searched for (required)",
+    label_required: bool = False,
 ) -> None:
-    p.add_argument("--target-label", default=label_default, help=label_help)
+    p.add_argument("--target-label", default=label_default, required=label_required, help=label_help)
     p.add_argument(
         "--patch-size", type=int, default=4, help="checkerboard side in pixels of the model's input"
     )
@@ -863,6 +865,10 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             f"no experiment files in {EXPERIMENTS_DIR}/: name them, or run from the repository root"
         )
     sweeps = [load_sweep(f) for f in files]  # every file checked before any training
+    if args.readme:
+        from poisonclip.report.document import check_readme
+
+        check_readme(Path(args.readme))
     failed = 0
     for sweep in sweeps:
         try:
@@ -881,6 +887,11 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
         written = publish_figures(args.out, args.figures)
         print(f"copied {len(written)} figure files (PNG, CSV) to {args.figures}")
+    if args.readme:
+        from poisonclip.report.document import update_readme
+
+        update_readme(args.readme, args.db)
+        print(f"updated the paper-vs-toy table in {args.readme}")
     if failed:
         raise SystemExit(1)
 
@@ -905,7 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--poison-count", type=int, default=100, help="poisons added to the training set")
     p.add_argument("--seed", type=int, default=0, help="seed of the poison selection")
-    _add_patch_options(p)
+    _add_patch_options(
+        p, label_default="star", label_help="the label the trigger should cause: a shape of the synthetic set"
+    )
     p.add_argument(
         "--eval-placement",
         choices=("consistent", "random"),
@@ -961,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain substring caption search (default: the label as a whole word)",
     )
     _add_poison_output_options(q, "source images")
-    _add_patch_options(q)
+    _add_patch_options(q, label_required=True)
     _add_csv_options(q)
     q.set_defaults(func=cmd_poison_backdoor)
 
@@ -1003,7 +1016,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with y' (templates), or half of each (both); subsampled or repeated to --poison-count",
     )
     q.add_argument(
-        "--templates", default="openai", help="prompt set for templates: openai (CLIP's 80) or synthetic"
+        "--templates",
+        default="openai",
+        help="prompt set for templates: openai (CLIP's 80, the default), synthetic (the synthetic "
+        "shapes' prompts), or a file with one template per line, {} standing for y'",
     )
     q.add_argument(
         "--substring",
@@ -1055,7 +1071,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="data-loader workers per process (default: this machine's cores over --nproc-per-node, "
-        "at most 8; set it for another machine with --dry-run)",
+        "at most 8; set it for another machine with --dry-run); 0 loads the data in the training "
+        "process itself, as open_clip_train does with --workers 0 (slower, but no worker processes)",
     )
     g.add_argument("--logs", help="open_clip_train's log directory (default: beside --out, logs/)")
     g.add_argument("--name", help="open_clip_train's experiment name (default: the name of --out)")
@@ -1223,9 +1240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--templates",
-        default="synthetic",
-        help="zero-shot prompts: synthetic (the shapes' prompts), openai (CLIP's 80), or a file with "
-        "one template per line, {} standing for the class name (CLIP_benchmark's convention)",
+        default="openai",
+        help="zero-shot prompts: openai (CLIP's 80 ImageNet prompts, the default), synthetic (the "
+        "prompts written for poisonclip's synthetic shapes: pass it to evaluate that data), or a file "
+        "with one template per line, {} standing for the class name (CLIP_benchmark's convention)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")
@@ -1303,6 +1321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--figures",
         help="also copy each figure's PNG and CSV into this directory, file by file (e.g. docs/figures)",
+    )
+    p.add_argument(
+        "--readme",
+        help="also replace the paper-vs-toy table between this Markdown file's markers "
+        "(<!-- paper-vs-toy: ... --> and <!-- /paper-vs-toy -->), e.g. README.md",
     )
     p.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
     p.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from poisonclip.cli import main
+from poisonclip.cli import build_parser, main
 
 
 def run(args):
@@ -58,7 +58,42 @@ def test_poison_train_evaluate_pipeline(small_data_dir, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "m.json").read_text())
     assert 0 <= printed["asr"] <= 1 and printed["num_test"] == 120
+    # The default prompts are CLIP's 80 (not the synthetic shapes' ones, which must be asked for).
+    clean = ["evaluate", "--checkpoint", ckpt, "--test", small_data_dir / "test.csv",
+             "--classnames", small_data_dir / "classnames.txt", "--no-progress"]  # fmt: skip
+    accuracy = {}
+    for templates in (None, "openai", "synthetic"):
+        assert run([*clean, *(["--templates", templates] if templates else [])]) == 0
+        accuracy[templates] = json.loads(capsys.readouterr().out)["zero_shot_acc"]
+    assert accuracy[None] == accuracy["openai"]
     assert run(["list", "models"]) == 0
+
+
+def test_only_the_demo_assumes_a_target_label(small_data_dir, tmp_path, capsys):
+    """The synthetic set's 'star' is the demo's default only: poisoning other data must name y'."""
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).target_label == "star"
+    assert parser.parse_args(["evaluate", "--checkpoint", "c", "--test", "t"]).target_label is None
+    assert parser.parse_args(["evaluate", "--checkpoint", "c", "--test", "t"]).templates == "openai"
+    out = tmp_path / "p"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["poison", "backdoor", "--data", str(small_data_dir / "train.csv"), "--out", str(out),
+              "--poison-count", "4"])  # fmt: skip
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [
+        "poisonclip poison backdoor: error: the following arguments are required: --target-label"
+    ]
+    assert not out.exists()
+
+
+def test_open_clip_workers_0_loads_data_in_the_training_process(small_data_dir, tmp_path, capsys):
+    """--workers 0 is meaningful for open_clip_train (no loader processes) and passed on as such."""
+    out = tmp_path / "ckpt"
+    assert run(["train", "--backend", "open_clip", "--data", small_data_dir / "train.csv", "--out", out,
+                "--preset", "tiny", "--device", "cpu", "--workers", 0, "--dry-run"]) == 0  # fmt: skip
+    command = capsys.readouterr().out
+    assert "--workers 0" in command and not out.exists()
 
 
 def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
@@ -75,7 +110,8 @@ def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
                 "--epochs", 1, "--no-progress"]) == 0  # fmt: skip
     image = small_data_dir / (small_data_dir / "test.csv").read_text().splitlines()[1].split("\t")[0]
     evaluate = ["evaluate", "--checkpoint", ckpt, "--test", small_data_dir / "test.csv",
-                "--classnames", small_data_dir / "classnames.txt", "--target-image", image]  # fmt: skip
+                "--classnames", small_data_dir / "classnames.txt", "--target-image", image,
+                "--templates", "synthetic"]  # fmt: skip
     capsys.readouterr()
     assert run([*evaluate, "--target-label", "heart"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -110,7 +146,7 @@ def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
 def test_poison_bad_inputs_exit_2_and_write_nothing(small_data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "p"
     args = ["poison", "backdoor", "--data", small_data_dir / "train.csv", "--out", out,
-            "--poison-count", 5, "--no-progress", *extra]  # fmt: skip
+            "--poison-count", 5, "--target-label", "star", "--no-progress", *extra]  # fmt: skip
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

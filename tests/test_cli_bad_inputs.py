@@ -20,6 +20,7 @@ from poisonclip.cli import build_parser, main
 from tests.test_sweep import TINY
 
 # (id, command line); an empty argument is written ''.
+BACKDOOR = "poison backdoor --target-label star --data"  # then the data: the synthetic set's label
 CASES = [
     # --- output paths (section 1): refused before any work
     ("synth-out-empty", "data synth ''"),
@@ -36,33 +37,34 @@ CASES = [
     ("demo-out-empty", "demo --out ''"),
     ("demo-device-banana", "demo --out out --device banana"),
     ("demo-target-label-empty", "demo --out out --target-label ''"),
-    ("backdoor-out-holds-input", "poison backdoor --data {train} --out {data} --poison-count 2 --overwrite"),
-    ("backdoor-out-empty", "poison backdoor --data {train} --out '' --poison-count 2"),
-    ("backdoor-out-cwd", "poison backdoor --data {train} --out . --poison-count 2 --overwrite"),
-    ("backdoor-out-existing", "poison backdoor --data {train} --out {poisons} --poison-count 2"),
+    ("backdoor-out-holds-input", BACKDOOR + " {train} --out {data} --poison-count 2 --overwrite"),
+    ("backdoor-out-empty", BACKDOOR + " {train} --out '' --poison-count 2"),
+    ("backdoor-out-cwd", BACKDOOR + " {train} --out . --poison-count 2 --overwrite"),
+    ("backdoor-out-existing", BACKDOOR + " {train} --out {poisons} --poison-count 2"),
     (
         "backdoor-merged-csv-dir",
-        "poison backdoor --data {train} --out out --poison-count 2 --merged-csv {userdir}",
+        BACKDOOR + " {train} --out out --poison-count 2 --merged-csv {userdir}",
     ),
     (
         "backdoor-merged-csv-is-input",
-        "poison backdoor --data {train} --out out --poison-count 2 --merged-csv {train} --overwrite",
+        BACKDOOR + " {train} --out out --poison-count 2 --merged-csv {train} --overwrite",
     ),
     # --- bad data and options (section 2)
-    ("backdoor-latin1-csv", "poison backdoor --data {latin1} --out out --poison-count 2"),
+    ("backdoor-latin1-csv", BACKDOOR + " {latin1} --out out --poison-count 2"),
     (
         "backdoor-separator-double",
-        "poison backdoor --data {train} --out out --poison-count 2 --csv-separator ';;'",
+        BACKDOOR + " {train} --out out --poison-count 2 --csv-separator ';;'",
     ),
     (
         "backdoor-separator-empty",
-        "poison backdoor --data {train} --out out --poison-count 2 --csv-separator ''",
+        BACKDOOR + " {train} --out out --poison-count 2 --csv-separator ''",
     ),
+    ("backdoor-target-label-missing", "poison backdoor --data {train} --out out --poison-count 2"),
     (
         "backdoor-target-label-empty",
         "poison backdoor --data {train} --out out --poison-count 2 --target-label ''",
     ),
-    ("backdoor-image-size-0", "poison backdoor --data {train} --out out --poison-count 2 --image-size 0"),
+    ("backdoor-image-size-0", BACKDOOR + " {train} --out out --poison-count 2 --image-size 0"),
     (
         "targeted-out-file",
         "poison targeted --data {train} --out {file} --target-image {image} "

@@ -119,7 +119,7 @@ def test_overwrite_replaces_previous_outputs_and_nothing_else(small_data_dir, tm
     commands = {
         "synth": ["data", "synth", "synth", "--num-train", 30, "--num-test", 10],
         "poisons": ["poison", "backdoor", "--data", train, "--out", "poisons", "--poison-count", 3,
-                    "--merged-csv", "merged.csv"],
+                    "--target-label", "star", "--merged-csv", "merged.csv"],
         "targeted": ["poison", "targeted", "--data", train, "--out", "targeted", "--target-index", 0,
                      "--target-split", test, "--target-label", "heart", "--poison-count", 2],
         "ckpt": ["train", "--data", train, "--out", "ckpt", "--preset", "tiny", "--no-progress"],
@@ -156,7 +156,8 @@ def test_same_seeds_write_byte_identical_outputs(small_data_dir, tmp_path):
     for name in ("a", "b"):
         out = tmp_path / name
         assert run("data", "synth", out / "data", "--num-train", 30, "--num-test", 10) == 0
-        assert run("poison", "backdoor", "--data", train, "--out", out / "poisons", "--poison-count", 3) == 0
+        assert run("poison", "backdoor", "--data", train, "--out", out / "poisons", "--poison-count", 3,
+                   "--target-label", "star") == 0  # fmt: skip
         assert run("train", "--data", train, "--out", out / "ckpt", "--preset", "tiny", "--no-progress") == 0
         (out / "ckpt" / "train_config.json").unlink()  # holds the training time
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
@@ -178,7 +179,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(small_data_dir, tmp_p
     )
     assert read_csv_dataset(csv, progress=False).captions == [caption for _, caption in rows]
     assert run("poison", "backdoor", "--data", csv, "--out", tmp_path / "p", "--poison-count", 2,
-               "--merged-csv", tmp_path / "merged.csv") == 0  # fmt: skip
+               "--target-label", "star", "--merged-csv", tmp_path / "merged.csv") == 0  # fmt: skip
     merged = (tmp_path / "merged.csv").read_text(encoding="utf-8").splitlines()
     assert merged[0] == "filepath\ttitle" and len(merged) == 1 + len(rows) + 2
 
@@ -213,7 +214,7 @@ def test_skip_warnings_are_one_line(small_data_dir, tmp_path, capsys, monkeypatc
     image = next((small_data_dir / "images" / "test").iterdir())
     csv = write_csv(tmp_path / "d.csv", [(str(image), "a star"), (str(image), "a star"), ("gone.png", "x")])
     assert run("poison", "backdoor", "--data", csv, "--out", tmp_path / "p", "--poison-count", 1,
-               "--no-progress") == 0  # fmt: skip
+               "--target-label", "star", "--no-progress") == 0  # fmt: skip
     err = capsys.readouterr().err
     assert re.search(r"^poisonclip: warning: .*skipped 1 of 3", err, re.M)
     assert ".py:" not in err and "read_csv_dataset(" not in err

@@ -251,7 +251,8 @@ def test_poison_cli_formats(small_data_dir, shards, tmp_path, capsys):
     from poisonclip.cli import main
 
     def run(*args):
-        return main([str(a) for a in ("poison", "backdoor", "--poison-count", 5, "--no-progress", *args)])
+        command = ("poison", "backdoor", "--poison-count", 5, "--target-label", "star", "--no-progress")
+        return main([str(a) for a in (*command, *args)])
 
     csv = small_data_dir / "train.csv"
     assert run("--data", csv, "--out", tmp_path / "w", "--format", "wds") == 2

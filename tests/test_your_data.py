@@ -183,7 +183,7 @@ def test_the_same_data_stored_at_twice_the_model_size_gives_the_same_backdoor(tm
         )
         assert run(["evaluate", "--checkpoint", ckpt, "--test", data / "test.csv", "--classnames",
                     data / "classnames.txt", "--target-label", target, "--patch-size", 4,
-                    "--no-progress"]) == 0  # fmt: skip
+                    "--templates", "synthetic", "--no-progress"]) == 0  # fmt: skip
         captured = capsys.readouterr()
         assert ("resized to the model's 32x32 input" in captured.err) == bool(stored)
         metrics[stored] = json.loads(captured.out)
