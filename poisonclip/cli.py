@@ -89,10 +89,16 @@ def _add_overwrite(p: argparse.ArgumentParser, **outputs: bool) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing output; only a previous poisonclip output, never one holding an "
-        "input of this command, the working directory or the home directory",
+        help="replace an existing output; of directories only a previous poisonclip output (a file "
+        "output: any file), never one holding an input of this command, the working directory or "
+        "the home directory",
     )
     p.set_defaults(outputs=outputs)
+
+
+def _add_local_sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
+    p.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
 
 
 def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None:
@@ -316,16 +322,42 @@ def cmd_poison_backdoor(args: argparse.Namespace) -> None:
         poisons, scan = make_backdoor(dataset, **attack), None
         num_clean, faults = len(dataset), dataset.skipped
     if args.image_size is None:  # the trigger-resolution rule (poisonclip.data.resolution)
-        size = poisons.samples.images.shape[-1]
-        print(
-            f"poisonclip: warning: no --image-size: the poisons keep the data's {size}x{size} pixels "
-            f"and the {args.patch_size}-pixel trigger is in those pixels. A model with another input "
-            "size would see it resized (a 1-pixel checkerboard turns grey): pass --image-size with "
-            "the model's input size (poisonclip train refuses poisons that do not match its model)",
-            file=sys.stderr,
-        )
+        _warn_poison_size(args, poisons.samples.images.shape[-1])
     _write_poisons(args, poisons, output_format, num_clean, "", scan)
     _print_faults(faults)
+
+
+def _warn_poison_size(args: argparse.Namespace, size: int) -> None:
+    """Poisons written at the data's size: a warning unless that is known to be the model's input
+    size (a ``data synth`` set stored at its ``image_size``)."""
+    model_size = _synthetic_model_size(args.data)  # None: the model's input size is unknown here
+    if model_size != size:
+        made_for = f", but the data was made for a {model_size}x{model_size} model" if model_size else ""
+        print(
+            f"poisonclip: warning: no --image-size: the poisons keep the data's {size}x{size} pixels "
+            f"and the {args.patch_size}-pixel trigger is in those pixels{made_for}. A model with "
+            "another input size would see it resized (a 1-pixel checkerboard turns grey): pass "
+            f"--image-size with the model's input size{f' ({model_size})' if model_size else ''} "
+            "(poisonclip train refuses poisons that do not match its model)",
+            file=sys.stderr,
+        )
+
+
+def _synthetic_model_size(source: str) -> int | None:
+    """The model input size that ``data synth`` made ``source``'s set for (``image_size`` in the
+    ``config.json`` beside it; the images may be stored at another ``stored_size``), else None."""
+    from poisonclip.data.synthetic import SyntheticConfig
+
+    folder = Path(os.path.dirname(source.split("::")[0].split("{")[0]))  # a CSV's or shards' folder
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no such file (not a synthetic set), or not ours
+        return None
+    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    if not isinstance(config, dict) or not {"image_size", "num_shapes"} <= set(config) <= fields:
+        return None
+    size = config["image_size"]
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def _target_from_args(args: argparse.Namespace, image_size: int | None):
@@ -345,7 +377,8 @@ def _target_from_args(args: argparse.Namespace, image_size: int | None):
     if args.target_split is None:
         raise UsageError("--target-index needs --target-split")
     classnames_file = Path(args.classnames or Path(args.target_split).parent / "classnames.txt")
-    classnames = read_classnames(classnames_file) if classnames_file.is_file() else None
+    # --classnames is read strictly; the file beside the split only if it is there
+    classnames = read_classnames(classnames_file) if args.classnames or classnames_file.is_file() else None
     split = _read_data(args.target_split, args, image_size, True, classnames, str(classnames_file))
     index = args.target_index
     if not 0 <= index < len(split):
@@ -423,7 +456,14 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
         extra_args=tuple(shlex.split(args.open_clip_args or "")),
     )
     if args.dry_run:  # a command to run elsewhere: assume GPUs there (auto precision = bf16)
-        print(format_command(build_command(config, run, cuda=config.device != "cpu")))
+        cuda = config.device != "cpu"
+        if _pretrained_elsewhere(args, config):  # not checked here: passed on as it is
+            command = build_command(dataclasses.replace(config, pretrained=None), run, cuda=cuda)
+            at = command.index("--precision") + 2
+            command[at:at] = ["--pretrained", config.pretrained]
+        else:
+            command = build_command(config, run, cuda=cuda)
+        print(format_command(command))
     elif args.slurm_partition:
         job = submit_slurm(config, run, args.out, args.slurm_partition, args.slurm_timeout_min)
         print(f"submitted SLURM job {job.job_id}; logs in {run.experiment_dir}, checkpoint to {args.out}")
@@ -447,17 +487,36 @@ def _check_resolution(args: argparse.Namespace, sources: Sequence[str], model_si
         )
 
 
+def _pretrained_elsewhere(args: argparse.Namespace, config) -> bool:
+    """Whether ``--dry-run``'s ``--pretrained`` names a file of the machine the printed command is
+    for (a path that is not here, and not an open_clip tag of the model): it is not checked here."""
+    import open_clip
+
+    value = config.pretrained
+    if not (args.dry_run and value) or Path(value).exists():
+        return False
+    looks_like_path = "/" in value or os.sep in value or Path(value).suffix.lower() in PRETRAINED_SUFFIXES
+    return looks_like_path and not open_clip.get_pretrained_cfg(config.model, value)
+
+
+# Weights files that --dry-run takes as another machine's when they are not here.
+PRETRAINED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
     from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
     from poisonclip.experiments.trial import train_model
     from poisonclip.train.loop import check_device
-    from poisonclip.train.model import check_pretrained, get_model_config, image_size_of
+    from poisonclip.train.model import check_pretrained, get_model_config, image_size_of, resolve_pretrained
 
     config = _train_config(args)
     image_size = image_size_of(get_model_config(config.model))  # validates the model name early
-    if config.pretrained:
-        check_pretrained(config.model, config.pretrained)  # before any data is read
+    if config.pretrained and not _pretrained_elsewhere(args, config):  # before any data is read
+        if args.dry_run or args.slurm_partition:  # loaded where the command runs
+            check_pretrained(config.model, config.pretrained)
+        else:  # a tag's weights are downloaded now, before any other work (cached for the run)
+            resolve_pretrained(config.model, config.pretrained)
     _check_resolution(args, args.data, image_size, "it is")
     if not (args.dry_run or args.slurm_partition):  # trains here: the device must exist
         check_device(config.device)
@@ -723,7 +782,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
     from poisonclip.defend.output import CHECKPOINT_DIR, RECORD_NAME, write_defense
     from poisonclip.train.checkpoint import load_checkpoint_as
     from poisonclip.train.loop import check_device
-    from poisonclip.train.model import get_model_config, image_size_of, initial_model
+    from poisonclip.train.model import get_model_config, image_size_of, initial_model, resolve_pretrained
 
     defense = get_defense(args.defense)
     params = _defense_params(defense, args)
@@ -740,6 +799,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
     if args.manifest and not args.data:
         raise UsageError("--manifest labels the samples of --data, which this defense does not use")
     model_config = get_model_config(config.model)
+    if args.pretrained:  # a tag's weights are downloaded now, before any other work
+        resolve_pretrained(config.model, args.pretrained)
     model = load_checkpoint_as(args.checkpoint, model_config) if args.checkpoint else None
     if args.pretrained:
         model = initial_model(config, model_config).eval()
@@ -840,7 +901,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from poisonclip.experiments.store import ResultStore
     from poisonclip.report.document import write_report
 
-    ResultStore(args.db, create=False)  # a bad database is refused before anything is written
+    ResultStore(args.db, read_only=True)  # a bad database is refused before anything is written
     with atomic_path(args.out) as tmp:  # the report as one output: never half-written or mixed
         tmp.mkdir()
         summary = write_report(args.db, tmp)
@@ -850,6 +911,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
     if summary.missing:
         print(f"no sweep in {args.db} lists: {', '.join(summary.missing)}")
+
+
+def _check_figures_dir(path: Path) -> None:
+    """A directory that figure files can be copied into (existing, or creatable)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--figures {path}: exists and is not a directory")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--figures {path}: cannot write into {ancestor}")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -864,17 +936,19 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         raise UsageError(
             f"no experiment files in {EXPERIMENTS_DIR}/: name them, or run from the repository root"
         )
-    sweeps = [load_sweep(f) for f in files]  # every file checked before any training
+    # Everything is checked before the first trial: files, devices, workers, README and --figures.
+    sweeps = [load_sweep(f) for f in files]
+    executors = [_local_executor(args, sweep) for sweep in sweeps]
     if args.readme:
         from poisonclip.report.document import check_readme
 
         check_readme(Path(args.readme))
+    if args.figures:
+        _check_figures_dir(Path(args.figures))
     failed = 0
-    for sweep in sweeps:
+    for sweep, executor in zip(sweeps, executors, strict=True):
         try:
-            summary = run_sweep(
-                sweep, args.db, _local_executor(args, sweep), args.data_root, not args.no_progress
-            )
+            summary = run_sweep(sweep, args.db, executor, args.data_root, not args.no_progress)
         except KeyboardInterrupt:
             print("poisonclip: interrupted; finished trials are stored, rerun to complete", file=sys.stderr)
             raise SystemExit(130) from None
@@ -934,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser(
         "synth",
         help="write the synthetic shapes dataset as PNGs + open_clip CSVs",
-        description="Write train.csv, test.csv (with labels), classnames.txt and images.",
+        description="Write train.csv, test.csv (both with labels), classnames.txt and images.",
     )
     q.add_argument("out", help="output directory")
     _add_overwrite(q, out=True)
@@ -1274,8 +1348,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local processes, or SLURM jobs via submitit (settings: the file's [slurm])",
     )
-    q.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
-    q.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
+    _add_local_sweep_options(q)
     q.add_argument(
         "--seeds-per-job",
         type=int,
@@ -1327,8 +1400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also replace the paper-vs-toy table between this Markdown file's markers "
         "(<!-- paper-vs-toy: ... --> and <!-- /paper-vs-toy -->), e.g. README.md",
     )
-    p.add_argument("--workers", type=int, help="local processes (default: one single-thread worker a core)")
-    p.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
+    _add_local_sweep_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_overwrite(p, out=True)
     p.set_defaults(func=cmd_reproduce)
@@ -1370,6 +1442,8 @@ def _check_outputs(args: argparse.Namespace) -> list[str]:
             inputs += [
                 os.path.dirname(part.split("{")[0]) if "{" in part else part for part in value.split("::")
             ]
+    if getattr(args, "dry_run", False):  # train --dry-run only prints a command: it writes nothing
+        return []
     outputs = []
     for dest, directory in getattr(args, "outputs", {}).items():
         if (path := getattr(args, dest)) is not None:

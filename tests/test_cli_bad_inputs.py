@@ -14,8 +14,12 @@ import shlex
 import sqlite3
 from pathlib import Path
 
+import open_clip
 import pytest
+from PIL import Image
 
+import poisonclip.train.model as model_module
+from poisonclip import cli
 from poisonclip.cli import build_parser, main
 from tests.test_sweep import TINY
 
@@ -65,6 +69,7 @@ CASES = [
         "poison backdoor --data {train} --out out --poison-count 2 --target-label ''",
     ),
     ("backdoor-image-size-0", BACKDOOR + " {train} --out out --poison-count 2 --image-size 0"),
+    ("backdoor-mixed-image-sizes", BACKDOOR + " {mixed} --out out --poison-count 1"),  # no --image-size
     (
         "targeted-out-file",
         "poison targeted --data {train} --out {file} --target-image {image} "
@@ -76,6 +81,21 @@ CASES = [
         "--target-label heart --poison-count 2",
     ),
     (
+        "targeted-classnames-missing",
+        "poison targeted --data {train} --out out --target-index 0 --target-split {test} "
+        "--target-label star --poison-count 2 --classnames missing.txt",
+    ),
+    (
+        "targeted-classnames-dir",
+        "poison targeted --data {train} --out out --target-index 0 --target-split {test} "
+        "--target-label star --poison-count 2 --classnames {userdir}",
+    ),
+    (
+        "targeted-classnames-latin1",
+        "poison targeted --data {train} --out out --target-index 0 --target-split {test} "
+        "--target-label star --poison-count 2 --classnames {latin1_names}",
+    ),
+    (
         "targeted-latin1-split",
         "poison targeted --data {train} --out out --target-index 0 --target-split {latin1} "
         "--target-label heart --poison-count 2",
@@ -84,11 +104,29 @@ CASES = [
     ("train-device-cuda-or-gpu-index", "train --data {train} --out out --preset tiny --device cuda:99"),
     ("train-device-banana", "train --data {train} --out out --preset tiny --device banana"),
     ("train-out-existing", "train --data {train} --out {ckpt} --preset tiny"),
+    ("train-open-clip-out-existing", "train --backend open_clip --data {train} --out {ckpt} --preset tiny"),
     (
         "train-init-checkpoint-zero-bytes",
         "train --data {train} --out out --preset tiny --init-checkpoint {ckpt_zero}",
     ),
     ("train-latin1-csv", "train --data {latin1} --out out --preset tiny"),
+    ("train-model-json-not-json", "train --data {train} --out out --preset tiny --model {bad_json}"),
+    ("train-model-json-list", "train --data {train} --out out --preset tiny --model {list_json}"),
+    (
+        "train-model-json-no-vision-cfg",
+        "train --data {train} --out out --preset tiny --model {no_vision_json}",
+    ),
+    ("train-preset-json-not-json", "train --data {train} --out out --preset {bad_json}"),
+    ("train-preset-json-list", "train --data {train} --out out --preset {list_json}"),
+    ("train-preset-json-wrong-type", "train --data {train} --out out --preset {preset_wrong_type}"),
+    (
+        "train-open-clip-pretrained-missing-file",  # a real run: the file must be here
+        "train --backend open_clip --data {train} --out out --preset tiny --pretrained /no/such/w.pt",
+    ),
+    (
+        "train-dry-run-pretrained-unknown-tag",  # a bare word is a tag: still checked in a dry run
+        "train --backend open_clip --dry-run --data {train} --out out --preset tiny --pretrained banana",
+    ),
     ("train-separator-empty", "train --data {train} --out out --preset tiny --csv-separator ''"),
     (
         "evaluate-checkpoint-truncated",
@@ -131,6 +169,7 @@ CASES = [
         "evaluate --checkpoint {ckpt} --test {test} --classnames {classnames} --target-label ''",
     ),
     ("evaluate-latin1-test", "evaluate --checkpoint {ckpt} --test {latin1} --classnames {classnames}"),
+    ("evaluate-latin1-classnames", "evaluate --checkpoint {ckpt} --test {test} --classnames {latin1_names}"),
     ("detect-checkpoint-zero-bytes", "detect --checkpoint {ckpt_zero} --data {train} --out out"),
     ("detect-lid-k-1", "detect --checkpoint {ckpt} --data {train} --out out --lid-k 1"),
     (
@@ -141,6 +180,11 @@ CASES = [
     (
         "detect-manifest-not-json",
         "detect --checkpoint {ckpt} --data {train} {poisons}/poisons.csv --out out --manifest {manifest_bad}",
+    ),
+    (
+        "detect-manifest-latin1",
+        "detect --checkpoint {ckpt} --data {train} {poisons}/poisons.csv --out out "
+        "--manifest {manifest_latin1}",
     ),
     (
         "detect-loss-record-not-json",
@@ -163,13 +207,19 @@ CASES = [
     ("sweep-run-workers-0", "sweep run {tiny_toml} --db out.sqlite --workers 0"),
     ("sweep-status-db-not-sqlite", "sweep status {tiny_toml} --db {file}"),
     ("sweep-status-db-dir", "sweep status {tiny_toml} --db {userdir}"),
+    ("sweep-status-db-zero-bytes", "sweep status {tiny_toml} --db {zero_db}"),  # not made a database
+    ("sweep-status-db-foreign-sqlite", "sweep status {tiny_toml} --db {foreign_db}"),
     ("sweep-status-binary-toml", "sweep status {binary} --db out.sqlite"),
     ("report-not-sqlite", "report {file} --out out"),
     ("report-db-dir", "report {userdir} --out out"),
     ("report-db-missing", "report missing.sqlite --out out"),
+    ("report-db-zero-bytes", "report {zero_db} --out out"),
     ("report-out-user-dir", "report {foreign_db} --out {userdir} --overwrite"),
     ("reproduce-binary-toml", "reproduce {binary} --db out.sqlite --out report"),
     ("reproduce-out-user-dir", "reproduce {tiny_toml} --db out.sqlite --out {userdir} --overwrite"),
+    ("reproduce-figures-a-file", "reproduce {tiny_toml} --db out.sqlite --out report --figures {file}"),
+    ("reproduce-device-cuda", "reproduce {tiny_toml} {cuda_toml} --db out.sqlite --out report"),
+    ("reproduce-readme-no-markers", "reproduce {tiny_toml} --db out.sqlite --out report --readme {file}"),
     ("list-unknown", "list banana"),
 ]
 
@@ -179,7 +229,8 @@ def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
     """Every input the cases name: good ones (data, a checkpoint, a poison set) and broken ones."""
     root = tmp_path_factory.mktemp("inputs")
     assert main(["poison", "backdoor", "--data", str(small_data_dir / "train.csv"), "--out",
-                 str(root / "poisons"), "--poison-count", "4", "--no-progress"]) == 0  # fmt: skip
+                 str(root / "poisons"), "--poison-count", "4", "--target-label", "star",
+                 "--no-progress"]) == 0  # fmt: skip
     ckpt = root / "ckpt"
     assert main(["train", "--data", str(small_data_dir / "train.csv"), "--out", str(ckpt), "--preset",
                  "tiny", "--epochs", "1", "--no-progress"]) == 0  # fmt: skip
@@ -201,6 +252,8 @@ def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
     image = next((small_data_dir / "images" / "test").iterdir())
     (root / "latin1.csv").write_bytes(f"filepath\ttitle\n{image}\ta café crème\n".encode("latin-1"))
     (root / "notes.txt").write_text("a user's file\n")
+    Image.new("RGB", (48, 40)).save(root / "large.png")  # real data: images of several sizes
+    (root / "mixed.csv").write_text(f"filepath\ttitle\n{image}\ta star\n{root / 'large.png'}\ta star\n")
     (root / "userdir").mkdir()
     (root / "userdir" / "thesis.tex").write_text("years of work\n")
     (root / "binary.toml").write_bytes(bytes(range(256)))
@@ -210,6 +263,13 @@ def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
     (root / "manifest_no_key.jsonl").write_text('{"caption": "a star"}\n')
     (root / "manifest_bad.jsonl").write_text('{"poison_key": "poison/000000.png"\n')
     (root / "loss_bad.json").write_text("{truncated")
+    (root / "bad.json").write_text("{not json")
+    (root / "list.json").write_text("[1, 2]")
+    (root / "no_vision.json").write_text('{"embed_dim": 16, "text_cfg": {"width": 16}}')
+    (root / "preset_wrong_type.json").write_text('{"epochs": "ten"}')
+    (root / "latin1_names.txt").write_bytes("circle\ncafé\n".encode("latin-1"))
+    (root / "manifest_latin1.jsonl").write_bytes('{"poison_key": "café"}\n'.encode("latin-1"))
+    (root / "zero.sqlite").write_bytes(b"")
     with sqlite3.connect(root / "foreign.sqlite") as db:
         db.execute("CREATE TABLE accounts (name TEXT)")
     paths |= {
@@ -221,6 +281,7 @@ def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
         "ckpt": ckpt,
         "poisons": root / "poisons",
         "latin1": root / "latin1.csv",
+        "mixed": root / "mixed.csv",
         "file": root / "notes.txt",
         "userdir": root / "userdir",
         "binary": root / "binary.toml",
@@ -231,6 +292,13 @@ def inputs(tmp_path_factory, small_data_dir) -> dict[str, str]:
         "manifest_bad": root / "manifest_bad.jsonl",
         "loss_bad": root / "loss_bad.json",
         "foreign_db": root / "foreign.sqlite",
+        "bad_json": root / "bad.json",
+        "list_json": root / "list.json",
+        "no_vision_json": root / "no_vision.json",
+        "preset_wrong_type": root / "preset_wrong_type.json",
+        "latin1_names": root / "latin1_names.txt",
+        "manifest_latin1": root / "manifest_latin1.jsonl",
+        "zero_db": root / "zero.sqlite",
     }
     return {name: str(path) for name, path in paths.items()}
 
@@ -301,3 +369,37 @@ def test_every_output_option_is_checked_and_can_be_overwritten():
                 assert action.dest in declared, f"{' '.join(path)}: {action.dest} is not checked"
         if declared:
             assert any(a.dest == "overwrite" for a in parser._actions), f"{' '.join(path)}: no --overwrite"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train --data {train} --out out --preset tiny --model RN50 --pretrained openai",
+        "train --backend open_clip --data {train} --out out --preset tiny --model RN50 --pretrained openai",
+        "defend cleanclip --pretrained openai --model RN50 --clean-data {train} --out out --preset tiny",
+    ],
+    ids=["train", "train-open-clip", "defend-cleanclip"],
+)
+def test_an_offline_pretrained_tag_is_one_error_line_before_any_work(
+    command, inputs, tmp_path, monkeypatch, capsys
+):
+    """No network: open_clip's download fails (here: made to, nothing is downloaded in the tests)
+    before any data is read or model built."""
+
+    def no_network(cfg, *args, **kwargs):
+        raise FileNotFoundError("Failed to download file (open_clip_pytorch_model.bin) for timm/x")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the download")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", no_network)
+    monkeypatch.setattr(cli, "_read_data", no_work)
+    monkeypatch.setattr(model_module, "create_model", no_work)
+    error = run_case(command, inputs, tmp_path, monkeypatch, capsys)
+    assert "--pretrained openai: cannot download the weights of model 'RN50'" in error
+
+
+@pytest.mark.parametrize("case", ["targeted-classnames-missing", "targeted-classnames-dir"])
+def test_targeted_reads_the_classnames_file_it_is_given(case, inputs, tmp_path, monkeypatch, capsys):
+    """Not skipped for the split's own classnames.txt (or none): the error names the file given."""
+    assert "class-name file" in run_case(dict(CASES)[case], inputs, tmp_path, monkeypatch, capsys)

@@ -48,11 +48,11 @@ def test_written_dataset_round_trips_through_the_user_reader(small_data_dir, sma
     assert small_train.images.shape == (SMALL.num_train, 3, 32, 32)
     assert np.array_equal(small_train.images.permute(0, 2, 3, 1).numpy(), train.images)
     assert small_train.captions == train.captions
-    assert (small_train.labels == -1).all()
+    assert small_train.labels.tolist() == train.labels.tolist()  # true classes, for diagnostics
     assert small_test.labels.tolist() == test.labels.tolist()
     assert read_classnames(small_data_dir / "classnames.txt") == list(SHAPES[: SMALL.num_shapes])
     header = (small_data_dir / "train.csv").read_text().splitlines()[0]
-    assert header == "filepath\ttitle"  # open_clip_train's defaults
+    assert header == "filepath\ttitle\tlabel"  # open_clip_train's default columns, then the label
 
 
 @pytest.mark.parametrize(

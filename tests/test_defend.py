@@ -269,3 +269,64 @@ def test_roclip_and_safeclip_train_from_scratch(poisoned):
     assert len(safeclip.record["safe_fractions"]) == 1
     with pytest.raises(UsageError, match="much smaller"):
         get_defense("roclip").run(context, RoClipParams(pool_size=len(dataset)))
+
+
+def _strip_label_column(csv_path) -> None:
+    """Rewrite a synthetic train.csv as caches written before it had labels."""
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    csv_path.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in lines), encoding="utf-8")
+
+
+def test_roclip_diagnostic_counts_true_classes_of_the_sweep_data(tmp_path, monkeypatch):
+    """Review item 1: sweeps read train.csv, which had no labels, so every image's class was -1
+    and a caption naming no class counted as naming the image's "own class". The sweep's loader
+    now gives the true classes (from the column, or from the config for an earlier cache), and
+    images of unknown class (poisons) are left out of the own-class share."""
+    from poisonclip.data import SyntheticConfig
+    from poisonclip.data.synthetic import make_synthetic
+    from poisonclip.defend.roclip import image_classes
+    from poisonclip.experiments.sweep import data_dir, load_synthetic
+
+    config = SyntheticConfig(num_train=300, num_test=20, num_shapes=10, seed=5)
+    truth = torch.as_tensor(make_synthetic(config)[0].labels)
+    train, _, classnames = load_synthetic(tmp_path / "new", config)
+    assert torch.equal(train.labels, truth)
+    old_root = data_dir(tmp_path / "old", config)
+    load_synthetic(tmp_path / "old", config)
+    _strip_label_column(old_root / "train.csv")  # a cache from before the label column
+    old_train = load_synthetic(tmp_path / "old", config)[0]
+    assert "label" not in (old_root / "train.csv").read_text().splitlines()[0]
+    assert torch.equal(old_train.labels, truth) and old_train.keys == train.keys
+
+    poisons = make_backdoor(train, "star", 8, patch_size=4, seed=0)
+    dataset = ImageTextDataset.concat([train, poisons.samples])
+    caption_classes = named_classes(dataset.captions, classnames)
+    classes = image_classes(dataset, classnames)
+    assert torch.equal(classes[: len(train)], truth) and (classes[len(train) :] == -1).all()
+    unnamed = int(torch.nonzero(caption_classes == -1)[0])  # a caption naming no class
+    named = torch.nonzero((caption_classes == classes) & (classes >= 0)).squeeze(1)[:2].tolist()
+    poison = len(train)
+    objective = RoClipObjective(4, 2, identity, 0, classes, caption_classes)
+    objective._count(1, torch.tensor([*named, poison]), torch.tensor([unnamed, unnamed, unnamed]))
+    objective._count(3, torch.tensor([*named, poison]), torch.tensor([*named, named[0]]))
+    assert objective.matching_record() == [
+        {"epoch": 2, "own_class_share": 0.0, "random_share": 0.0},  # the bug counted 1.0 here
+        {"epoch": 4, "own_class_share": 1.0, "random_share": 0.0},  # the poison is not counted
+    ]
+    unknown = RoClipObjective(4, 2, identity, 0, torch.full_like(classes, -1), caption_classes)
+    unknown._count(1, torch.tensor([*named, poison]), torch.tensor([-1, unnamed, unnamed]))
+    assert unknown.matching_record() == [{"epoch": 2, "random_share": 1 / 3}]  # own class: missing
+
+    # The defense hands the objective those classes (the sweep's runner passes the class names).
+    seen = {}
+    original = RoClipObjective.__init__
+
+    def spy(self, *args, **kwargs):
+        seen["image_classes"] = args[4]
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RoClipObjective, "__init__", spy)
+    context = DefenseContext(TINY.replace(epochs=2), dataset, classnames=tuple(classnames))
+    outcome = get_defense("roclip").run(context, RoClipParams(pool_size=64))
+    assert torch.equal(seen["image_classes"], classes)
+    assert 0 <= outcome.record["matching"][0]["own_class_share"] <= 1

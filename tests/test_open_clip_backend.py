@@ -49,7 +49,7 @@ def test_dry_run_command_for_the_paper_setting():
         "--train-num-samples", "2906254", "--batch-size", "256", "--epochs", "30", "--lr", "0.0002",
         "--wd", "0.02", "--opt", "timm/momentum", "--momentum", "0.9",
         "--warmup", str(round(0.01 * steps * 30)), "--precision", "amp_bf16", "--workers", "6",
-        "--seed", "0", "--logs", "L", "--name", "N",
+        "--seed", "0", "--logs", "L", "--name", "N", "--aug-cfg", "scale=(1.0,1.0)",
     ]  # fmt: skip
     args = parse_args(command[6:])  # open_clip_train's own parser accepts every flag
     assert (args.batch_size, args.opt, args.momentum, args.lr) == (256, "timm/momentum", 0.9, 2e-4)
@@ -244,3 +244,33 @@ def test_evaluate_on_an_imagefolder(poisoned_open_clip_checkpoint, small_test, t
     assert run(["evaluate", "--checkpoint", root / "ckpt", "--imagefolder", tmp_path / "val",
                 "--classnames", "imagenet", "--target-label", "star"]) == 2  # fmt: skip
     assert "1000 class names (imagenet) for 10 class directories" in capsys.readouterr().err
+
+
+def test_open_clip_train_sees_images_at_the_models_size_unchanged(tmp_path, capsys):
+    """Review item 8: open_clip_train's default training crop (scale 0.9-1.0, bicubic) resampled
+    even poisons stored at the model's size, blurring a 1-pixel checkerboard. The hand-off passes
+    --aug-cfg scale=(1.0,1.0), under which open_clip's own training transform gives exactly the
+    stored pixels; a user's --aug-cfg replaces it."""
+    from open_clip.transform import image_transform
+
+    from poisonclip.attacks.patch import checkerboard
+
+    assert run(["train", "--backend", "open_clip", "--data", "a/{00000..00009}.tar", "--train-num-samples",
+                1000, "--out", tmp_path / "ck", "--preset", "tiny", "--dry-run"]) == 0  # fmt: skip
+    args = parse_args(shlex.split(capsys.readouterr().out)[6:])
+    assert args.aug_cfg == {"scale": (1.0, 1.0)}
+    size = 32
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    pixels[:4, :4] = checkerboard(4).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels)
+    unchanged = image_transform(size, is_train=False)(image)  # resize + crop at its own size: a no-op
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    stored = (torch.from_numpy(pixels).permute(2, 0, 1) / 255 - mean[:, None, None]) / std[:, None, None]
+    assert torch.allclose(unchanged, stored, atol=1e-6)
+    ours, theirs = (image_transform(size, is_train=True, aug_cfg=cfg) for cfg in (args.aug_cfg, None))
+    assert all(torch.equal(ours(image), unchanged) for _ in range(50))
+    assert not all(torch.equal(theirs(image), unchanged) for _ in range(5))  # the default resamples
+    command = build_command(
+        load_preset("tiny"), OpenClipRun("a.csv", 100, extra_args=("--aug-cfg", "scale=(0.5,1)"))
+    )
+    assert command.count("--aug-cfg") == 1 and parse_args(command[6:]).aug_cfg == {"scale": (0.5, 1)}

@@ -397,3 +397,128 @@ def test_sweeps_can_start_from_pretrained_weights(pretrained_files):
     assert tuned.cells[0].train.pretrained == str(root / "epoch_1.pt") and tuned.cells[0].key != plain.key
     with pytest.raises(UsageError, match="neither a file nor an open_clip pretrained tag"):
         parse_sweep({**document, "train": {"preset": "tiny", "pretrained": "no-such-tag"}}, "t")
+
+
+@pytest.fixture(scope="module")
+def poisons_at_64(tmp_path_factory):
+    """64-px data and backdoor poisons left at 64 px (no --image-size), for a 32-px model."""
+    root = tmp_path_factory.mktemp("at64")
+    data = write_synthetic(
+        root / "d", SyntheticConfig(num_train=60, num_test=10, num_shapes=4, stored_size=64)
+    )
+    target = read_classnames(data / "classnames.txt")[0]
+    poison = ["poison", "backdoor", "--data", data / "train.csv", "--poison-count", 4,
+              "--target-label", target, "--no-progress"]  # fmt: skip
+    assert run_quiet([*poison, "--out", root / "p64", "--merged-csv", root / "merged64.csv"])[0] == 0
+    assert run_quiet([*poison, "--out", root / "p32", "--merged-csv", root / "merged32.csv",
+                      "--image-size", 32])[0] == 0  # fmt: skip
+    return root, data
+
+
+def test_train_refuses_64px_poisons_among_the_rows_of_a_merged_csv(poisons_at_64, tmp_path, capsys):
+    """Review item 7: a --merged-csv file has no manifest beside it, and its first rows are clean,
+    so 64-px poisons in it were only noted and then resized. Its poison rows are recognised by
+    where their images lie (the poison set's folder, beside its manifest)."""
+    root, _ = poisons_at_64
+    capsys.readouterr()
+    for backend in (["--backend", "memory"], ["--backend", "open_clip", "--dry-run"]):
+        code = run(["train", "--data", root / "merged64.csv", "--out", tmp_path / "ckpt", "--preset", "tiny",
+                    *backend])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "(the poison rows): the poisons are 64x64" in err and "--image-size 32" in err
+        assert not (tmp_path / "ckpt").exists()
+    # poisons written at the model's size pass; the clean rows are resized, with a note
+    code, _ = run_quiet(["train", "--data", root / "merged32.csv", "--out", tmp_path / "ok", "--preset",
+                         "tiny", "--backend", "open_clip", "--dry-run"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "merged32.csv is stored at 64x64; it is resized to the model's 32x32" in err
+
+
+def test_train_checks_every_part_of_joined_shards(poisons_at_64, tmp_path, capsys):
+    """Review item 7: in 'clean::poisons' only the first part was looked at, so poison shards
+    second in a pasted open_clip_train string were never recognised."""
+    from poisonclip.attacks.poison_set import read_poison_set, write_poison_shards
+    from poisonclip.data.resolution import check_poison_resolution
+
+    root, data = poisons_at_64
+    clean = write_shards(tmp_path / "clean", read_csv_dataset(data / "train.csv", progress=False), 100)
+    poisons64 = write_poison_shards(tmp_path / "p64", read_poison_set(root / "p64"))
+    poisons32 = write_poison_shards(tmp_path / "p32", read_poison_set(root / "p32"))
+    with pytest.raises(UsageError, match=r"p64/shards/.*the poisons are 64x64"):
+        check_poison_resolution([f"{clean.url}::{poisons64.url}"], 32)
+    joined = f"{clean.url}::{poisons32.url}"
+    assert check_poison_resolution([joined], 32) == [(clean.url, (64, 64))]  # the clean part: a note
+    capsys.readouterr()
+    assert run(["train", "--data", f"{clean.url}::{poisons64.url}", "--out", tmp_path / "ckpt",
+                "--preset", "tiny"]) == 2  # fmt: skip
+    assert "the poisons are 64x64" in capsys.readouterr().err
+
+
+SIGLIP_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # SigLIP's image mean and std, not OpenAI's
+
+
+def test_a_pretrained_start_keeps_its_own_image_mean_and_std(
+    small_data_dir, small_train, tmp_path, monkeypatch
+):
+    """Review item 9: images were always standardised with OpenAI's mean and std, so a pretrained
+    model trained with others (SigLIP: 0.5, 0.5) was fine-tuned and evaluated miscalibrated. The
+    pretrained config's values now go with the model: training, its checkpoint, evaluation and the
+    open_clip_train hand-off; models trained from scratch keep OpenAI's (no download here)."""
+    import shutil
+
+    from open_clip_train.params import parse_args
+
+    from poisonclip.evaluate.embeddings import encode_images
+    from poisonclip.train import loop
+    from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
+    from poisonclip.train.grouped import groupable
+    from poisonclip.train.many import _rebuild
+
+    config = load_preset("tiny")
+    model_config = get_model_config(config.model)
+    openai = (tuple(open_clip.OPENAI_DATASET_MEAN), tuple(open_clip.OPENAI_DATASET_STD))
+    scratch = save_checkpoint(tmp_path / "scratch", create_model(model_config), model_config)
+    cfg = json.loads((scratch / "open_clip_config.json").read_text())
+    assert (cfg["preprocess_cfg"]["mean"], cfg["preprocess_cfg"]["std"]) == tuple(
+        map(list, openai)
+    )  # as before
+    assert loop.image_stats(create_model(model_config)) == openai and groupable(create_model(model_config))
+    # a local model whose open_clip config carries SigLIP's values
+    shutil.copytree(scratch, tmp_path / "siglip")
+    cfg["preprocess_cfg"].update(mean=[0.5] * 3, std=[0.5] * 3)
+    (tmp_path / "siglip" / "open_clip_config.json").write_text(json.dumps(cfg))
+    weights = tmp_path / "siglip" / "open_clip_model.safetensors"
+    assert loop.pretrained_image_stats(config.model, str(weights)) == SIGLIP_STATS
+    assert loop.pretrained_image_stats("ViT-B-16-SigLIP", "webli") == SIGLIP_STATS  # a tag's config
+    assert loop.pretrained_image_stats("ViT-B-32", "laion2b_s34b_b79k") == openai
+    start = initial_model(config.replace(pretrained=str(weights)), model_config)
+    images = small_train.images[:8]
+    assert loop.image_stats(start) == SIGLIP_STATS and not groupable(start)  # grouped: OpenAI's only
+    assert torch.allclose(loop.normalize_images(images, start), images.float() / 255 * 2 - 1)
+    rebuilt = _rebuild(config.replace(pretrained=str(weights)), start.state_dict(), None)[0]  # sweeps
+    assert loop.image_stats(rebuilt) == SIGLIP_STATS
+
+    seen = set()  # the mean and std every training step standardised with
+    original = loop.normalize_images
+    monkeypatch.setattr(
+        loop, "normalize_images", lambda x, m=None: seen.add(loop.image_stats(m)) or original(x, m)
+    )
+    assert run_quiet(["train", "--data", small_data_dir / "train.csv", "--out", tmp_path / "ft", "--preset",
+                      "tiny", "--pretrained", weights, "--no-progress"])[0] == 0  # fmt: skip
+    assert seen == {SIGLIP_STATS}
+    saved = json.loads((tmp_path / "ft" / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert (saved["mean"], saved["std"]) == ([0.5] * 3, [0.5] * 3)
+    model, _ = load_checkpoint(tmp_path / "ft")  # evaluation reads them back
+    assert loop.image_stats(model) == SIGLIP_STATS
+    with torch.inference_mode():
+        expected = model.encode_image(images.float() / 255 * 2 - 1, normalize=True)
+    assert torch.allclose(encode_images(model, images), expected, atol=1e-5)
+    # open_clip_train takes a tag's values from the tag itself, a file's from --image-mean/--image-std
+    hand_off = ["train", "--backend", "open_clip", "--data", small_data_dir / "train.csv", "--out",
+                tmp_path / "oc", "--preset", "tiny", "--dry-run"]  # fmt: skip
+    code, out = run_quiet([*hand_off, "--pretrained", weights])
+    args = parse_args(shlex.split(out)[6:])
+    assert code == 0 and args.image_mean == [0.5] * 3 and args.image_std == [0.5] * 3
+    code, out = run_quiet(hand_off)
+    assert code == 0 and "--image-mean" not in out  # from scratch: the command as before

@@ -146,18 +146,22 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
 
 def read_manifest(path: str | Path) -> list[dict]:
     """The rows of a ``manifest.jsonl``: one JSON object with a ``poison_key`` a line (else UsageError)."""
+    try:  # decoding happens while the file is iterated: the whole read is in here
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err}), so not a manifest.jsonl") from err
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise UsageError(f"{path}, line {number}: not JSON ({err})") from err
-            if not isinstance(row, dict) or "poison_key" not in row:
-                raise UsageError(f"{path}, line {number}: a manifest row needs a poison_key")
-            rows.append(row)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise UsageError(f"{path}, line {number}: not JSON ({err})") from err
+        if not isinstance(row, dict) or "poison_key" not in row:
+            raise UsageError(f"{path}, line {number}: a manifest row needs a poison_key")
+        rows.append(row)
     return rows
 
 

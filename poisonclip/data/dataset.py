@@ -192,7 +192,9 @@ def read_csv_dataset(
             continue
         if arrays and array.shape != arrays[0].shape:
             raise UsageError(
-                f"{key}: image shape {array.shape} differs from {arrays[0].shape}; pass image_size"
+                f"{key}: image shape {array.shape} differs from {arrays[0].shape}: images of "
+                "several sizes need a size to resize them to (the model's input size: --image-size, "
+                "or image_size in Python)"
             )
         keys.append(key)
         arrays.append(array)
@@ -265,9 +267,15 @@ def _is_index(value: str) -> bool:
 def read_classnames(path: str | Path) -> list[str]:
     """One class name per line, in label order."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"class-name file {path} is a directory: name the file in it")
     if not path.is_file():
         raise UsageError(f"class-name file not found: {path}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:  # utf-8-sig, as read_csv_dataset: a byte-order mark is not part of the first name
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
+    names = [line.strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if len(names) < 2:
         raise UsageError(f"{path}: need at least two class names")

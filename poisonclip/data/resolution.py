@@ -7,7 +7,10 @@ every data resolution:
 * poisons are written at the model's input size (``poison ... --image-size``: the chosen source
   images are resized and centre-cropped to it, then the ``--patch-size`` trigger is pasted);
 * training resizes the clean data to the model's input (as open_clip's preprocessing does) and
-  refuses a backdoor poison set stored at another size, whose trigger the resize would change;
+  refuses a backdoor poison set stored at another size, whose trigger the resize would change,
+  wherever its poisons are: a poison set's own CSV or shards, any ``::`` part of joined shards,
+  or the poison rows of a merged CSV (``poison ... --merged-csv``). On the open_clip_train backend
+  its training crop is turned off for the same reason (``open_clip_backend.EXACT_RESIZE_AUG_CFG``);
 * evaluation resizes the test images to the model's input, then pastes the same trigger.
 
 This module finds the size a dataset is stored at (from the first image's header, nothing decoded)
@@ -74,44 +77,101 @@ def _header_size(file: Path | io.BytesIO) -> tuple[int, int] | None:
         return None
 
 
-def carries_trigger(source: str) -> bool:
-    """Whether a ``--data`` source is a poison set written by ``poison backdoor``: its manifest lies
-    beside it and lists patches (targeted poisons carry no trigger, and resize like clean data)."""
-    from poisonclip.attacks.poison_set import MANIFEST_NAME, SHARD_DIR  # attacks import data: lazily
+def _lists_patches(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``manifest.jsonl`` of backdoor poisons (its rows list patches)."""
+    from poisonclip.attacks.poison_set import MANIFEST_NAME  # attacks import data: lazily
 
-    here = Path(os.path.dirname(source.split("::")[0].split("{")[0]))  # CSV or shards folder
-    if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
-        here = here.parent
     try:
-        with open(here / MANIFEST_NAME, encoding="utf-8") as f:
+        with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
             first = json.loads(f.readline() or "{}")
     except (OSError, ValueError):  # no manifest (not a poison set) or not one of ours
         return False
     return isinstance(first, dict) and "patch" in first
 
 
+def carries_trigger(source: str) -> bool:
+    """Whether one ``--data`` source (a CSV, or one ``::`` part of shards) is a poison set written
+    by ``poison backdoor``: its manifest lies beside it and lists patches (targeted poisons carry
+    no trigger, and resize like clean data)."""
+    from poisonclip.attacks.poison_set import SHARD_DIR  # attacks import data: lazily
+
+    here = Path(os.path.dirname(source.split("{")[0]))  # CSV or shards folder
+    if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
+        here = here.parent
+    return _lists_patches(here)
+
+
+def source_parts(source: str) -> list[str]:
+    """The parts of a ``--data`` source: shards joined with ``::`` (open_clip_train's
+    ``original::poisons``) are checked one by one; a CSV is one part."""
+    from poisonclip.data.wds import is_shard_url
+
+    return [part for part in source.split("::") if part] if is_shard_url(source) else [source]
+
+
+def poison_rows_size(
+    source: str, sep: str = CSV_SEPARATOR, image_column: str = IMAGE_COLUMN
+) -> tuple[int, int] | None:
+    """(width, height) of the first image of a CSV that belongs to a backdoor poison set, or
+    ``None``: the poison rows of a ``poison ... --merged-csv`` file (or any CSV that lists a poison
+    set's images), recognised by where their images lie, ``SET/poison/NAME.png`` beside the set's
+    ``manifest.jsonl``. One pass over the rows; each image folder is looked at once."""
+    from poisonclip.attacks.poison_set import POISON_KEY_PREFIX  # attacks import data: lazily
+    from poisonclip.data.wds import is_shard_url
+
+    path = Path(source)
+    if is_shard_url(source) or not path.is_file():
+        return None
+    verdicts: dict[str, bool] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = csv.reader(f, delimiter=sep)
+            header = next(rows, [])
+            if image_column not in header:  # the reader itself reports a missing column
+                return None
+            column = header.index(image_column)
+            for row in rows:
+                key = row[column] if column < len(row) else ""
+                folder = os.path.dirname(key)
+                if folder not in verdicts:
+                    where = Path(folder) if os.path.isabs(folder) else path.parent / folder
+                    verdicts[folder] = where.name == POISON_KEY_PREFIX and _lists_patches(where.parent)
+                if verdicts[folder]:
+                    image = Path(key) if os.path.isabs(key) else path.parent / key
+                    if image.is_file() and (size := _header_size(image)):
+                        return size
+    except (UnicodeDecodeError, csv.Error):  # the reader itself reports a file it cannot read
+        return None
+    return None
+
+
 def check_poison_resolution(
     sources: Sequence[str], model_size: int, sep: str = CSV_SEPARATOR, image_column: str = IMAGE_COLUMN
 ) -> list[tuple[str, tuple[int, int]]]:
-    """Refuse backdoor poison sets not stored at the model's input size; return ``(source, (width,
+    """Refuse backdoor poisons not stored at the model's input size; return ``(source, (width,
     height))`` of the other sources stored at another size, for a note.
 
-    A backdoor poison set at another size would be resized before the model sees it, changing its
-    trigger (``UsageError``). Other data is only resized, as open_clip's preprocessing does. ``sep``
-    and ``image_column`` describe the user's CSVs; poison sets are written with the defaults.
+    A backdoor poison at another size would be resized before the model sees it, changing its
+    trigger (``UsageError``). Poisons are found in every ``::`` part of a shard source (a poison
+    set's shards, its manifest beside their folder), in a poison set's own CSV, and among the rows
+    of any other CSV (a ``--merged-csv`` file: ``poison_rows_size``). Other data is only resized,
+    as open_clip's preprocessing does. ``sep`` and ``image_column`` describe the user's CSVs
+    (merged ones too); poison sets are written with the defaults.
     """
     resized = []
     for source in sources:
-        trigger = carries_trigger(source)
-        csv_format = (CSV_SEPARATOR, IMAGE_COLUMN) if trigger else (sep, image_column)
-        size = stored_image_size(source, *csv_format)
-        if size is None or size == (model_size, model_size):
-            continue
-        if trigger:
-            raise UsageError(
-                f"{source}: the poisons are {size[0]}x{size[1]} pixels but the model takes "
-                f"{model_size}x{model_size}; resizing them would change the trigger (a trigger is "
-                f"given in model-input pixels): rebuild them with poison ... --image-size {model_size}"
-            )
-        resized.append((source, size))
+        for part in source_parts(source):
+            trigger = carries_trigger(part)
+            csv_format = (CSV_SEPARATOR, IMAGE_COLUMN) if trigger else (sep, image_column)
+            size = stored_image_size(part, *csv_format)
+            poison_size = size if trigger else poison_rows_size(part, sep, image_column)
+            if poison_size is not None and poison_size != (model_size, model_size):
+                rows = "" if trigger else " (the poison rows)"
+                raise UsageError(
+                    f"{part}{rows}: the poisons are {poison_size[0]}x{poison_size[1]} pixels but the model "
+                    f"takes {model_size}x{model_size}; resizing them would change the trigger (a trigger "
+                    f"is given in model-input pixels): rebuild them with poison ... --image-size {model_size}"
+                )
+            if not trigger and size is not None and size != (model_size, model_size):
+                resized.append((part, size))
     return resized

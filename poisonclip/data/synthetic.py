@@ -18,15 +18,19 @@ loader as a user's dataset (:mod:`poisonclip.data.dataset`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from poisonclip.data.dataset import write_csv_dataset
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
 from poisonclip.keys import ADDED_LATER, config_dict
+
+TRAIN_IMAGE_DIR = "images/train"  # where write_synthetic puts the training PNGs (their keys)
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart", "hexagon",
@@ -272,8 +276,7 @@ def make_synthetic(
     splits = []
     # Independent streams per split: changing num_test never changes the training set.
     for stream, n in ((0, config.num_train), (1, config.num_test)):
-        rng = np.random.default_rng([config.seed, stream])
-        shapes = rng.integers(config.num_shapes, size=n)
+        rng, shapes = _split_start(config, stream, n)
         colours = rng.integers(len(COLOURS), size=n)
         replay = np.random.default_rng()
         replay.bit_generator.state = rng.bit_generator.state
@@ -296,13 +299,35 @@ def make_synthetic(
     return splits[0], splits[1]
 
 
+def _split_start(config: SyntheticConfig, stream: int, n: int) -> tuple[np.random.Generator, np.ndarray]:
+    """A split's generator and its first draw, the class of each image (int64 [n])."""
+    rng = np.random.default_rng([config.seed, stream])
+    return rng, rng.integers(config.num_shapes, size=n)
+
+
+def train_key(index: int) -> str:
+    """The key (CSV image path) ``write_synthetic`` gives training image ``index``."""
+    return f"{TRAIN_IMAGE_DIR}/{index:06d}.png"
+
+
+def synthetic_train_labels(config: SyntheticConfig, keys: Sequence[str]) -> torch.Tensor:
+    """The true class of each training sample of ``config`` named by ``keys`` (as written by
+    ``write_synthetic``; -1 for any other key), without rendering an image.
+
+    For data caches written before ``train.csv`` had its label column.
+    """
+    labels = _split_start(config, 0, config.num_train)[1]
+    index = {train_key(i): int(label) for i, label in enumerate(labels)}
+    return torch.tensor([index.get(key, -1) for key in keys], dtype=torch.long)
+
+
 def write_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConfig()) -> Path:
     """Generate the dataset and write it as PNGs + open_clip CSVs under ``root`` (atomically).
 
     Layout::
 
-        root/train.csv   tab-separated: filepath, title            (open_clip_train's defaults)
-        root/test.csv    tab-separated: filepath, title, label     (label = class index)
+        root/train.csv   tab-separated: filepath, title, label     (open_clip_train's columns,
+        root/test.csv    tab-separated: filepath, title, label      label = class index)
         root/classnames.txt  one class name per line, in label order
         root/config.json     the SyntheticConfig used
         root/images/{train,test}/000000.png
@@ -310,7 +335,11 @@ def write_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConfig(
     train, test = make_synthetic(config)
     root = Path(root)
     with atomic_path(root) as tmp:
-        write_csv_dataset(tmp / "train.csv", "images/train", train.images, train.captions)
+        # Training labels are the images' true classes: poisoning and training ignore them (as
+        # open_clip_train ignores extra columns); defenses' diagnostics read them.
+        write_csv_dataset(
+            tmp / "train.csv", TRAIN_IMAGE_DIR, train.images, train.captions, labels=train.labels
+        )
         write_csv_dataset(tmp / "test.csv", "images/test", test.images, test.captions, labels=test.labels)
         (tmp / "classnames.txt").write_text("\n".join(config.classnames) + "\n")
         # config_dict: a field added later is written only when set, so existing caches still match

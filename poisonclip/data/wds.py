@@ -283,7 +283,9 @@ def read_shard_dataset(
                 continue
             if arrays and array.shape != arrays[0].shape:
                 raise UsageError(
-                    f"{key}: image shape {array.shape} differs from {arrays[0].shape}; pass image_size"
+                    f"{key}: image shape {array.shape} differs from {arrays[0].shape}: images of "
+                    "several sizes need a size to resize them to (the model's input size: --image-size, "
+                    "or image_size in Python)"
                 )
             out_keys.append(key)
             arrays.append(array)

@@ -24,9 +24,11 @@ and epochs are the undefended model's (theirs: lr 5e-5, batch 512, 24 epochs), s
 costs what the training it replaces costs; caption edits are EDA without synonyms (no WordNet;
 ``CaptionAugment``).
 
-Diagnostic (``record["matching"]``): for each matching epoch, the share of images matched to a
-pool caption that names the image's own class, the share matched to the random start, and (given a
-``DefenseContext.monitor``) the clean zero-shot accuracy after every epoch.
+Diagnostic (``record["matching"]``, given ``DefenseContext.classnames``): for each matching epoch,
+the share of images matched to a pool caption that names the image's own class (over the images
+whose class the dataset's labels give: a label >= 0; left out when there are none), the share
+matched to the random start, and (given a ``DefenseContext.monitor``) the clean zero-shot accuracy
+after every epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.errors import UsageError
@@ -68,12 +71,23 @@ def named_classes(captions: Sequence[str], classnames: Sequence[str]) -> torch.T
     )
 
 
+def image_classes(dataset: ImageTextDataset, classnames: Sequence[str]) -> torch.Tensor:
+    """int64 [N]: each image's true class as an index into ``classnames``, -1 where unknown (no
+    label, as for poisons; or a class the names lack)."""
+    if dataset.classnames is None or list(dataset.classnames) == list(classnames):
+        return dataset.labels
+    position = {c: i for i, c in enumerate(classnames)}
+    remap = torch.tensor([position.get(c, -1) for c in dataset.classnames] + [-1], dtype=torch.long)
+    return remap[dataset.labels]  # label -1 picks the trailing -1
+
+
 class RoClipObjective:
     """CLIP loss on augmented images and (fixed-edit) captions; on matching epochs each image is
     paired with its nearest pool caption instead.
 
-    ``image_classes`` [N] (the true class of each training image) and ``caption_classes`` [N] (the
-    class each caption names, -1 if none), when given, feed the matching diagnostic.
+    ``image_classes`` [N] (the true class of each training image, -1 where unknown) and
+    ``caption_classes`` [N] (the class each caption names, -1 if none), when given, feed the
+    matching diagnostic; images of unknown class are left out of its own-class share.
     """
 
     def __init__(
@@ -110,7 +124,9 @@ class RoClipObjective:
         ids: torch.Tensor,
         epoch: int,
     ) -> torch.Tensor:
-        image_features = model.encode_image(normalize_images(self.augment_image(images)), normalize=True)
+        image_features = model.encode_image(
+            normalize_images(self.augment_image(images), model), normalize=True
+        )
         match = self.matching(epoch)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not match):  # zero gradient there
             text_features = model.encode_text(tokens, normalize=True)  # [B, D]
@@ -128,18 +144,26 @@ class RoClipObjective:
             return
         ids, partner_ids = ids.cpu(), partner_ids.cpu()
         filled = partner_ids >= 0
-        own = filled & (self.caption_classes[partner_ids.clamp_min(0)] == self.image_classes[ids])
-        counts = self.matches.setdefault(epoch, [0, 0, 0])
+        image_classes = self.image_classes[ids]
+        known = image_classes >= 0  # an image of unknown class (-1: a poison, unlabelled data) never counts
+        own = known & filled & (self.caption_classes[partner_ids.clamp_min(0)] == image_classes)
+        counts = self.matches.setdefault(epoch, [0, 0, 0, 0])
         counts[0] += len(ids)
-        counts[1] += int(own.sum())
-        counts[2] += int((~filled).sum())
+        counts[1] += int(known.sum())
+        counts[2] += int(own.sum())
+        counts[3] += int((~filled).sum())
 
     def matching_record(self) -> list[dict[str, float]]:
-        """Per matching epoch (1-based, as theirs): shares of images matched to a caption naming
-        their own class and to the pool's random start."""
+        """Per matching epoch (1-based, as theirs): the share of images of known class matched to
+        a caption naming that class (left out when no image's class is known: missing, not 0), and
+        the share of all images matched to the pool's random start."""
         return [
-            {"epoch": epoch + 1, "own_class_share": own / total, "random_share": random / total}
-            for epoch, (total, own, random) in sorted(self.matches.items())
+            {
+                "epoch": epoch + 1,
+                **({"own_class_share": own / known} if known else {}),
+                "random_share": random / total,
+            }
+            for epoch, (total, known, own, random) in sorted(self.matches.items())
         ]
 
 
@@ -153,7 +177,7 @@ def roclip(context: DefenseContext, params: RoClipParams) -> DefenseOutcome:
     classes = named_classes(dataset.captions, context.classnames) if context.classnames else None
     objective = RoClipObjective(
         params.pool_size, params.break_epoch, ImageAugment(recipe.seed, "simclr"), recipe.seed,
-        dataset.labels if classes is not None else None, classes,
+        image_classes(dataset, context.classnames) if classes is not None else None, classes,
     )  # fmt: skip
     accuracy: list[float] = []
     monitor_seconds = 0.0

@@ -130,8 +130,9 @@ class _TwoViews:
     def views(
         self, model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor
     ) -> Views:
-        aug = self.augment_image
-        return encode_views(model, aug(images), tokens, aug(images), self.second[ids])
+        aug = self.augment_image  # second views: rows picked where they are, used on the batch's device
+        second = self.second[ids.to(self.second.device)].to(tokens.device)
+        return encode_views(model, aug(images), tokens, aug(images), second)
 
 
 class InmodalObjective(_TwoViews):

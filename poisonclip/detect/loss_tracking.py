@@ -47,11 +47,12 @@ class LossTracker:
         from poisonclip.train.loop import clip_loss_per_sample, normalize_images
 
         model.eval()
+        device = next(model.parameters()).device  # the training set may stay in CPU memory
         order = torch.randperm(len(images), generator=self._order)
         for ids in order.tensor_split(math.ceil(len(images) / self.batch_size)):
             rows = ids.to(images.device)
-            image = model.encode_image(normalize_images(images[rows]), normalize=True)
-            text = model.encode_text(tokens[rows], normalize=True)
+            image = model.encode_image(normalize_images(images[rows].to(device), model), normalize=True)
+            text = model.encode_text(tokens[rows].to(device), normalize=True)
             losses = clip_loss_per_sample(image.float(), text.float(), model.logit_scale.exp())
             self.sums.index_add_(0, ids, losses.double().cpu())
             self.counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))

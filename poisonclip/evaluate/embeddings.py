@@ -28,7 +28,7 @@ def encode_images(
 
     def encode(start: int) -> torch.Tensor:
         with torch.inference_mode():
-            batch = normalize_images(images[start : start + batch_size].to(device))
+            batch = normalize_images(images[start : start + batch_size].to(device), model)
             return model.encode_image(batch, normalize=normalize).float().cpu()
 
     return torch.cat(map_slices(encode, range(0, images.shape[0], batch_size), device.type == "cpu"))

@@ -197,7 +197,8 @@ def run_defense_trial(
                 curves[key] = outcome.record[key]
         if "matching" in outcome.record:  # RoCLIP's per-matching-epoch diagnostic
             for field in ("epoch", "own_class_share", "random_share"):
-                curves[f"matching_{field}"] = [row[field] for row in outcome.record["matching"]]
+                if all(field in row for row in outcome.record["matching"]):  # own class: labels known
+                    curves[f"matching_{field}"] = [row[field] for row in outcome.record["matching"]]
         if "lr_sweep" in outcome.record:  # CleanCLIP: every learning rate tried, chosen or not
             sweep = outcome.record["lr_sweep"]
             models = {**outcome.alternatives, f"lr={outcome.record['chosen_lr']:g}": outcome.model}

@@ -138,32 +138,40 @@ class ResultStore:
     """A results database at ``path`` (created on first use). Every method opens its own short
     connection, so one store may be used from many processes at once."""
 
-    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, create: bool = True, read_only: bool = False) -> None:
+        """``create=False``: the database must exist. ``read_only``: it must exist and is only read
+        (opened read-only, no schema added): an empty or foreign file is refused, not changed."""
+        self.path, self.read_only = Path(path), read_only
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a directory, not a results database")
-        if not create and not self.path.is_file():
+        if (read_only or not create) and not self.path.is_file():
             raise UsageError(f"results database not found: {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._connect() as db:
-                tables = {
+                self.tables = {
                     name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 }
-                if tables and "results" not in tables:  # someone else's database: add nothing to it
+                if self.tables and "results" not in self.tables:  # someone else's: add nothing to it
                     raise UsageError(
                         f"{self.path}: an SQLite database, but not a poisonclip results database"
                     )
-                # Idempotent, and adds the tables an older store lacks; executescript manages its
-                # own transaction.
-                db.executescript(SCHEMA)
+                if read_only and not self.tables:  # e.g. an empty file: SQLite reads it as no tables
+                    raise UsageError(f"{self.path}: holds no results database (no tables)")
+                if not read_only:
+                    # Idempotent, and adds the tables an older store lacks; executescript manages
+                    # its own transaction.
+                    db.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:  # not SQLite at all, or unreadable
             raise UsageError(f"{self.path}: not a results database ({err})") from err
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        with closing(sqlite3.connect(self.path, timeout=120, isolation_level=None)) as db:
+        # Read-only: SQLite's URI mode=ro, which creates, writes and locks nothing for writing.
+        target = f"{self.path.absolute().as_uri()}?mode=ro" if self.read_only else self.path
+        with closing(sqlite3.connect(target, timeout=120, isolation_level=None, uri=self.read_only)) as db:
             yield db
 
     @contextmanager
@@ -221,6 +229,8 @@ class ResultStore:
             db.execute("DELETE FROM claims WHERE train_hash = ? AND seed = ?", (trial.train_key, trial.seed))
 
     def claims(self) -> list[Claim]:
+        if "claims" not in self.tables and self.read_only:  # an older store, opened read-only
+            return []
         with self._connect() as db:
             return [Claim(*row) for row in db.execute("SELECT * FROM claims")]
 

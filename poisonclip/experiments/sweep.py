@@ -39,7 +39,7 @@ import torch
 
 import poisonclip
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.synthetic import SyntheticConfig
+from poisonclip.data.synthetic import SyntheticConfig, synthetic_train_labels
 from poisonclip.errors import UsageError
 from poisonclip.experiments.demo import prepare_data
 from poisonclip.experiments.grid import Sweep, Trial
@@ -95,12 +95,17 @@ def load_synthetic(
 
     Images are read at ``config.image_size``, the model's input (checked by the grid), whatever
     ``stored_size`` they were written at: poisons are then built and triggers pasted in
-    model-input pixels (the trigger-resolution rule).
+    model-input pixels (the trigger-resolution rule). Training labels are the images' true
+    classes (attacks and training ignore them; defenses' diagnostics read them); a cache written
+    before ``train.csv`` had a label column gets them from ``config``, which drew them.
     """
     root = data_dir(data_root, config)
     prepare_data(root, config)
+    train = read_csv_dataset(root / "train.csv", config.image_size, progress=False)
+    if (train.labels < 0).all():  # an earlier cache: train.csv without labels
+        train.labels = synthetic_train_labels(config, train.keys)
     return (
-        read_csv_dataset(root / "train.csv", config.image_size, progress=False),
+        train,
         read_csv_dataset(root / "test.csv", config.image_size, progress=False),
         read_classnames(root / "classnames.txt"),
     )
@@ -377,11 +382,12 @@ class SweepStatus:
 
 
 def sweep_status(sweep: Sweep, db: str | Path) -> SweepStatus:
-    """Done / running / remaining trials of ``sweep`` in ``db`` (which need not exist yet)."""
+    """Done / running / remaining trials of ``sweep`` in ``db`` (which need not exist yet: none
+    done). Only reads ``db``: a directory, an empty or foreign file is refused, never changed."""
     trials = sweep.trials()
     done, live = set(), set()
-    if Path(db).exists():  # a directory or a foreign file is refused by ResultStore
-        store = ResultStore(db)
+    if Path(db).exists():
+        store = ResultStore(db, read_only=True)
         done = store.done_keys()
         live = {(c.train_hash, c.seed) for c in store.claims() if c.alive()}
     finished = sum(trial_done(t, done) for t in trials)

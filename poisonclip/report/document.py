@@ -63,7 +63,7 @@ class ReportSummary:
 
 
 def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
-    store = ResultStore(db, create=False)
+    store = ResultStore(db, read_only=True)
     out_dir = Path(out_dir)
     sweeps = store.sweeps()
     rows_for = figure_rows(store)
@@ -134,7 +134,7 @@ def update_readme(readme: str | Path, db: str | Path) -> None:
     text = check_readme(readme)
     head, rest = text.split(README_START)
     _, tail = rest.split(README_END)
-    table = table_markdown(paper_vs_toy(figure_rows(ResultStore(db, create=False))))
+    table = table_markdown(paper_vs_toy(figure_rows(ResultStore(db, read_only=True))))
     with atomic_path(readme, overwrite=True) as tmp:
         tmp.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
 

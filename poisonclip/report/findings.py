@@ -102,6 +102,8 @@ def _data_size(rows_for: RowsFor) -> tuple[str, str]:
     if len(counts) < 2:
         raise NotMeasured
     few, many = (_means(rows, "data.num_train", "asr", poison_count=c) for c in (counts[0], counts[-1]))
+    if len(few) < 2 or len(many) < 2:
+        raise NotMeasured
     flat = min(many.values()) >= 0.8 * max(many.values()) and max(many.values()) >= SUCCESS
     largest = max(few)
     drops = few[largest] < 0.5 * max(few.values())
@@ -121,6 +123,8 @@ def _model_size(rows_for: RowsFor) -> tuple[str, str]:
         by_size.setdefault(r.get("num_params_visual"), []).append(r.get("asr") >= SUCCESS)
         names[r.get("num_params_visual")] = r.get("train.model")
     sizes = sorted(by_size)
+    if len(sizes) < 2:
+        raise NotMeasured
     shares = [sum(by_size[s]) / len(by_size[s]) for s in sizes]
     text = "; ".join(f"{names[s]}: {sum(by_size[s])}/{len(by_size[s])} backdoored" for s in sizes)
     rising = all(a <= b for a, b in zip(shares, shares[1:], strict=False))
@@ -155,6 +159,8 @@ def _patch_size(rows_for: RowsFor) -> tuple[str, str]:
     rows = _need(rows_for("fig6"))
     asr = _means(rows, "patch_size", "asr")
     sizes = list(asr)
+    if len(sizes) < 2:  # a sweep still running: one size says nothing about the trend
+        raise NotMeasured
     text = ", ".join(f"{s}×{s}: {asr[s]:.2f}" for s in sizes) + " ASR"
     fails_small = asr[sizes[0]] < SUCCESS
     works_large = any(asr[s] >= SUCCESS for s in sizes[1:])

@@ -1,7 +1,8 @@
 """Checkpoints as open_clip reads them: ``open_clip.create_model("local-dir:DIR")`` loads ours.
 
 DIR/open_clip_model.safetensors   weights (safetensors: no pickle, safe to load)
-DIR/open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} (open_clip's schema)
+DIR/open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} (open_clip's schema;
+                                  its mean and std standardise the images, in training and evaluation)
 DIR/train_config.json             the resolved TrainConfig and training stats
 """
 
@@ -20,7 +21,7 @@ from safetensors.torch import save
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import IMAGE_MEAN, IMAGE_STD, TrainStats
+from poisonclip.train.loop import TrainStats, image_stats
 from poisonclip.train.model import image_size_of
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -35,10 +36,15 @@ def save_checkpoint(
     stats: TrainStats | None = None,
     meta: dict | None = None,
 ) -> Path:
-    """Write ``model`` as a checkpoint directory (atomically); ``meta`` joins ``train_config.json``."""
+    """Write ``model`` as a checkpoint directory (atomically); ``meta`` joins ``train_config.json``.
+
+    ``preprocess_cfg`` holds the mean and std the model's images are standardised with
+    (``image_stats``: a pretrained start's own, else OpenAI's); loading and evaluating use them.
+    """
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    preprocess = {"size": image_size_of(model_config), "mean": IMAGE_MEAN, "std": IMAGE_STD}
+    mean, std = image_stats(model)
+    preprocess = {"size": image_size_of(model_config), "mean": mean, "std": std}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         # save() + a plain write: save_file creates the file 0600, unlike every other output

@@ -65,11 +65,36 @@ def load_preset(name_or_path: str) -> TrainConfig:
     if name_or_path in list_presets():
         text = (resources.files("poisonclip.train") / "presets" / f"{name_or_path}.json").read_text()
     elif path.suffix == ".json" and path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"preset {name_or_path}: cannot read it ({err})") from err
     else:
         raise UsageError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())}")
-    values = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown := sorted(set(values) - known):
+    try:
+        loaded = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"preset {name_or_path}: not JSON ({err})") from err
+    if not isinstance(loaded, dict):
+        raise UsageError(f"preset {name_or_path}: must be a JSON object, not {type(loaded).__name__}")
+    values = {k: v for k, v in loaded.items() if not k.startswith("_")}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(values) - set(fields)):
         raise UsageError(f"preset {name_or_path!r}: unknown keys {unknown}")
+    for name, value in values.items():
+        if not _is_type_of(value, fields[name].default):
+            raise UsageError(
+                f"preset {name_or_path}: {name} must be like {fields[name].default!r}, got {value!r}"
+            )
     return TrainConfig(**values)
+
+
+def _is_type_of(value: object, default: object) -> bool:
+    """Whether a JSON ``value`` fits a field whose default is ``default`` (``None``: a string)."""
+    if default is None:
+        return value is None or isinstance(value, str)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))

@@ -33,6 +33,7 @@ from poisonclip.train.loop import (
     TrainStats,
     autocast_dtype,
     batch_to,
+    image_stats,
     lr_at,
     make_optimizer,
     normalize_images,
@@ -56,8 +57,11 @@ BLOCK = (  # parameters of one open_clip ResidualAttentionBlock
 
 
 def groupable(model: torch.nn.Module) -> bool:
-    """Whether ``GroupedCLIP`` computes exactly what ``model`` computes (the supported subset)."""
+    """Whether ``GroupedCLIP`` computes exactly what ``model`` computes (the supported subset;
+    images standardised with OpenAI's mean and std, as every model trained from scratch)."""
     if type(model) is not open_clip.CLIP or type(model.visual) is not VisionTransformer:
+        return False
+    if image_stats(model) != image_stats():  # a pretrained start with its own mean and std
         return False
     visual = model.visual
     blocks = [*visual.transformer.resblocks, *model.transformer.resblocks]

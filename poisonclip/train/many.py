@@ -31,7 +31,13 @@ from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.grouped import groupable, train_grouped
-from poisonclip.train.loop import TrainStats, resolve_device, train_clip
+from poisonclip.train.loop import (
+    TrainStats,
+    pretrained_image_stats,
+    resolve_device,
+    set_image_stats,
+    train_clip,
+)
 from poisonclip.train.model import create_model, get_model_config, initial_model, tokenize
 from poisonclip.train.parallel import run_in_processes
 
@@ -125,4 +131,5 @@ def _rebuild(config: TrainConfig, state: dict, stats: TrainStats) -> tuple[open_
     model_config = get_model_config(config.model)
     model = create_model(model_config, seed=config.seed)
     model.load_state_dict(state)
+    set_image_stats(model, pretrained_image_stats(config.model, config.pretrained))  # as trained
     return model.to(resolve_device(config.device)).eval(), model_config, stats

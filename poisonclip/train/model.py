@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import zipfile
@@ -30,14 +31,51 @@ def get_model_config(name: str) -> dict:
         path = resources.files("poisonclip.train") / "model_configs" / f"{name}.json"
         return json.loads(path.read_text())
     if name.endswith(".json") and Path(name).is_file():
-        config = json.loads(Path(name).read_text())
-        return config.get("model_cfg", config)
+        return _read_model_config_file(Path(name))
     config = open_clip.get_model_config(name)
     if config is None:
         raise UsageError(
             f"unknown model config {name!r}; ours: {', '.join(list_model_configs())}, "
             "or any open_clip model name, or a path to a JSON config"
         )
+    return config
+
+
+# The keys a model config may hold: the CLIP / CustomTextCLIP constructor's, and ours.
+_CONFIG_KEYS = (
+    set(inspect.signature(open_clip.CLIP).parameters)
+    | set(inspect.signature(open_clip.CustomTextCLIP).parameters)
+    | {"custom_text"}
+)
+
+
+def _read_model_config_file(path: Path) -> dict:
+    """An open_clip model config from a JSON file (its ``model_cfg`` if it is a checkpoint's
+    ``open_clip_config.json``), checked for what building the model and reading its sizes need."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # not JSON (JSONDecodeError), not UTF-8, unreadable
+        raise UsageError(f"model config {path}: not readable JSON ({err})") from err
+    if isinstance(config, dict) and isinstance(config.get("model_cfg"), dict):
+        config = config["model_cfg"]
+    if not isinstance(config, dict):
+        raise UsageError(f"model config {path}: must be a JSON object, not {type(config).__name__}")
+    vision, text = config.get("vision_cfg"), config.get("text_cfg")
+    size = vision.get("image_size") if isinstance(vision, dict) else None
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    if not (isinstance(config.get("embed_dim"), int) and isinstance(vision, dict) and isinstance(text, dict)):
+        raise UsageError(
+            f"model config {path}: not an open_clip model config (it needs embed_dim, vision_cfg and "
+            f"text_cfg; keys: {', '.join(sorted(config)) or 'none'})"
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UsageError(
+            f"model config {path}: vision_cfg needs image_size, a positive number of pixels (or a square "
+            f"[size, size]), got {size!r}"
+        )
+    if unknown := sorted(set(config) - _CONFIG_KEYS):
+        raise UsageError(f"model config {path}: unknown keys {unknown}")
     return config
 
 
@@ -51,11 +89,14 @@ def create_model(model_config: dict, seed: int = 0) -> open_clip.CLIP:
 
 
 def initial_model(config: TrainConfig, model_config: dict) -> torch.nn.Module:
-    """The model that training starts from: ``config.pretrained``'s weights, else fresh from
-    ``config.seed``."""
+    """The model that training starts from: ``config.pretrained``'s weights (and the image mean and
+    std they were trained with, ``pretrained_image_stats``), else fresh from ``config.seed``."""
+    from poisonclip.train.loop import pretrained_image_stats, set_image_stats  # loop: no cycle, lazily
+
     model = create_model(model_config, seed=config.seed)
     if config.pretrained:
         load_pretrained(model, config.model, config.pretrained)
+        set_image_stats(model, pretrained_image_stats(config.model, config.pretrained))
     return model
 
 
@@ -83,6 +124,29 @@ def check_pretrained(model_name: str, pretrained: str) -> Path | None:
     )
 
 
+def resolve_pretrained(model_name: str, pretrained: str) -> Path:
+    """The weights file of ``--pretrained`` (checked by ``check_pretrained``): the file itself, or
+    a tag's weights, downloaded now (and cached) by open_clip, as ``open_clip.create_model(model_name,
+    pretrained=tag)`` does. Call it before any other work: a download that fails (no network, a
+    full disk, a bad checksum) is a ``UsageError``; the cached file is not downloaded again."""
+    path = check_pretrained(model_name, pretrained)
+    if path is not None:
+        return path
+    try:
+        found = open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+    # No network (open_clip turns huggingface_hub's errors into FileNotFoundError; urllib raises
+    # URLError, an OSError), a full disk, a bad checksum or no huggingface_hub (RuntimeError).
+    except (OSError, RuntimeError, ValueError) as err:
+        detail = " ".join(str(err).strip().splitlines()[:2])[:300] or type(err).__name__
+        raise UsageError(
+            f"--pretrained {pretrained}: cannot download the weights of model {model_name!r} (no "
+            f"network? they are cached after a first download): {detail}"
+        ) from err
+    if not found or not Path(found).is_file():
+        raise UsageError(f"--pretrained {pretrained}: open_clip found no weights file for it ({found!r})")
+    return Path(found)
+
+
 def _is_torchscript(path: Path) -> bool:
     # What torch.load itself checks: torch.save's zip archives hold no constants.pkl.
     try:
@@ -97,9 +161,7 @@ def load_pretrained(model: torch.nn.Module, model_name: str, pretrained: str) ->
     safetensors, or ``torch.load(weights_only=True)`` (open_clip_train's ``epoch_N.pt`` with its DDP
     ``module.`` prefix, a plain state dict), every key of the model required. A tag is downloaded
     (and cached) by open_clip, as ``open_clip.create_model(model_name, pretrained=tag)`` does."""
-    path = check_pretrained(model_name, pretrained)
-    if path is None:
-        path = open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained))
+    path = resolve_pretrained(model_name, pretrained)
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -40,7 +40,9 @@ def encode_views(
     Each encoder runs once on the batch and its second view stacked, [2B, ...].
     """
     b = images.shape[0]
-    image_features = model.encode_image(normalize_images(torch.cat([images, aug_images])), normalize=True)
+    image_features = model.encode_image(
+        normalize_images(torch.cat([images, aug_images]), model), normalize=True
+    )
     text_features = model.encode_text(torch.cat([tokens, aug_tokens]), normalize=True)  # [2B, D]
     return Views(image_features[:b], text_features[:b], image_features[b:], text_features[b:])
 
@@ -88,7 +90,10 @@ class CleanClipObjective:
         ids: torch.Tensor,
         epoch: int,
     ) -> torch.Tensor:
-        views = encode_views(model, images, tokens, self.augment_image(images), self.aug_tokens[ids])
+        # The fixed edits stay where the training set is (CPU memory with --no-data-on-device): rows
+        # picked there with the ids, then moved to the batch's (the model's) device.
+        aug_tokens = self.aug_tokens[ids.to(self.aug_tokens.device)].to(tokens.device)
+        views = encode_views(model, images, tokens, self.augment_image(images), aug_tokens)
         scale = model.logit_scale.exp()
         return self.clip_weight * clip_loss_per_sample(
             views.image, views.text, scale
@@ -108,7 +113,7 @@ def clip_validation_loss(
     with torch.inference_mode():
         for start in range(0, images.shape[0] - batch_size + 1, batch_size):
             image = model.encode_image(
-                normalize_images(images[start : start + batch_size].to(device)), normalize=True
+                normalize_images(images[start : start + batch_size].to(device), model), normalize=True
             )
             text = model.encode_text(tokens[start : start + batch_size].to(device), normalize=True)
             total += clip_loss_per_sample(image.float(), text.float(), model.logit_scale.exp()).sum().item()

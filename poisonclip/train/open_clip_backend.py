@@ -14,6 +14,9 @@ open_clip_train's traps, handled here:
 * ``--batch-size`` is per process, ours is global; ``--warmup`` is in steps, ours a fraction.
 * timm optimizers (momentum SGD is ``--opt timm/momentum``) have no default ``--lr``: always passed.
 * Checkpoints ``epoch_K.pt`` hold ``state_dict`` with a ``module.`` prefix under DDP.
+* Its training transform crops at scale 0.9–1.0 and resamples every image, which blurs a
+  pixel-sized trigger: ``--aug-cfg scale=(1.0,1.0)`` is passed unless the user gives an
+  ``--aug-cfg`` of their own (``EXACT_RESIZE_AUG_CFG``).
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ from poisonclip.data.wds import is_shard_url
 from poisonclip.errors import UsageError
 from poisonclip.train.checkpoint import save_checkpoint
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import resolve_device
+from poisonclip.train.loop import image_stats, pretrained_image_stats, resolve_device, set_image_stats
 from poisonclip.train.model import check_pretrained, create_model, get_model_config, list_model_configs
 
 LAUNCHER_MODULE = "poisonclip.train.open_clip_backend"
+# open_clip_train's training transform is RandomResizedCrop(scale=(0.9, 1.0), bicubic): even an
+# image at the model's size is cropped and resampled, and a 1-pixel checkerboard trigger blurs.
+# With scale (1, 1) no crop is ever drawn for a square image (torchvision falls back to the whole
+# image) and an image at the model's size passes through unchanged; others are resized to it, as
+# our in-memory trainer does (the trigger-resolution rule). A user's own --aug-cfg replaces this.
+EXACT_RESIZE_AUG_CFG = "scale=(1.0,1.0)"
 
 
 @dataclass(frozen=True)
@@ -162,14 +171,30 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
         "--warmup", str(round(config.warmup_fraction * steps * config.epochs)),
         "--precision", open_clip_precision(config.precision, cuda),
         *(["--pretrained", config.pretrained] if config.pretrained else []),
+        *_image_stats_args(config),
         *(["--torchcompile"] if config.compile else []),
         *(["--device", config.device] if config.device != "auto" else []),
         "--workers", str(run.workers),
         "--seed", str(config.seed),
         "--logs", run.logs,
         "--name", run.name,
+        *([] if _gives_aug_cfg(run.extra_args) else ["--aug-cfg", EXACT_RESIZE_AUG_CFG]),
         *run.extra_args,
     ]  # fmt: skip
+
+
+def _image_stats_args(config: TrainConfig) -> list[str]:
+    """``--image-mean``/``--image-std`` where a pretrained start has its own (open_clip_train takes
+    a tag's from its pretrained config itself, but a weights file's from nowhere: OpenAI's)."""
+    stats = pretrained_image_stats(config.model, config.pretrained)
+    if stats is None or stats == image_stats():
+        return []
+    return ["--image-mean", *map(repr, stats[0]), "--image-std", *map(repr, stats[1])]
+
+
+def _gives_aug_cfg(extra_args: Sequence[str]) -> bool:
+    """Whether the user's own open_clip_train options set ``--aug-cfg`` (then theirs is used)."""
+    return any(arg == "--aug-cfg" or arg.startswith("--aug-cfg=") for arg in extra_args)
 
 
 def torchrun_command(nproc_per_node: int) -> list[str]:
@@ -250,6 +275,8 @@ def convert_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as err:
         raise UsageError(f"{checkpoint}: weights do not match the model config: {err}") from err
+    if train_config is not None:  # the mean and std open_clip_train standardised the images with
+        set_image_stats(model, pretrained_image_stats(train_config.model, train_config.pretrained))
     return save_checkpoint(out_dir, model, model_config, train_config, meta=meta)
 
 
