@@ -173,7 +173,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]], bom: bool = False) -> Pat
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(small_data_dir, tmp_path):
-    rows = [line.split("\t") for line in (small_data_dir / "train.csv").read_text().splitlines()[1:50]]
+    rows = [line.split("\t")[:2] for line in (small_data_dir / "train.csv").read_text().splitlines()[1:50]]
     csv = write_csv(
         tmp_path / "bom.csv", [(str(small_data_dir / image), caption) for image, caption in rows], bom=True
     )

@@ -184,8 +184,9 @@ def open_clip_args(config: TrainConfig, run: OpenClipRun, cuda: bool | None = No
 
 
 def _image_stats_args(config: TrainConfig) -> list[str]:
-    """``--image-mean``/``--image-std`` where a pretrained start has its own (open_clip_train takes
-    a tag's from its pretrained config itself, but a weights file's from nowhere: OpenAI's)."""
+    """``--image-mean``/``--image-std`` where a pretrained start has its own, other than OpenAI's
+    (open_clip_train finds a tag's in its pretrained config itself, but for a weights file it
+    would use OpenAI's)."""
     stats = pretrained_image_stats(config.model, config.pretrained)
     if stats is None or stats == image_stats():
         return []
