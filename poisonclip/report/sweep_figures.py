@@ -249,7 +249,10 @@ class LinePlot:
             ax.set_xscale("log")
         xs = sorted({r.get(self.x) for r in rows if not (self.log_x and r.get(self.x) <= 0)})
         if self.tick is not None:
-            ax.set_xticks(xs, [self.tick(x, [r for r in rows if r.get(self.x) == x]) for x in xs], fontsize=8)
+            labels = [self.tick(x, [r for r in rows if r.get(self.x) == x]) for x in xs]
+            # long labels at close log positions (model names) would overlap: slant them
+            slant = {"rotation": 25, "ha": "right"} if max(len(t.split("\n")[0]) for t in labels) > 8 else {}
+            ax.set_xticks(xs, labels, fontsize=8, **slant)
             ax.minorticks_off()
         elif self.x.endswith("_rate"):
             from matplotlib.ticker import NullFormatter, PercentFormatter
