@@ -31,6 +31,12 @@ def stored_cells() -> dict[str, set[str]]:
     return out
 
 
+def test_the_committed_database_holds_no_claims():
+    # A claim from the machine that ran the sweep would make the next one skip its trial.
+    with sqlite3.connect(f"file:{DB}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)
+
+
 def test_every_stored_sweep_matches_its_shipped_experiment_file():
     stored = stored_cells()
     assert stored, "the committed database registers no sweep"
