@@ -915,13 +915,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _check_figures_dir(path: Path) -> None:
     """A directory that figure files can be copied into (existing, or creatable)."""
+    from poisonclip.data.io import check_creatable
+
     if path.exists() and not path.is_dir():
         raise UsageError(f"--figures {path}: exists and is not a directory")
-    ancestor = path.absolute()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"--figures {path}: cannot write into {ancestor}")
+    check_creatable(path / "figure.png")  # an existing directory must itself be writable
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

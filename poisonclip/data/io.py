@@ -112,6 +112,18 @@ def _check_replaceable(path: Path, directory: bool) -> None:
         raise UsageError(f"{path} exists and is not a directory")
 
 
+def check_creatable(path: Path) -> None:
+    """Refuse a ``path`` that could not be created: its nearest existing ancestor must be a
+    writable directory."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create {path}: {ancestor} is not writable")
+
+
 def check_output(
     path: str | os.PathLike,
     *,
@@ -130,13 +142,7 @@ def check_output(
     if not str(path).strip():
         raise UsageError(f"{name} is empty (an unset shell variable?)")
     path = Path(path)
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"cannot create {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot create {path}: {ancestor} is not writable")
+    check_creatable(path)
     _refuse_protected(path)
     if not os.path.lexists(path):
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import shutil
@@ -73,7 +74,7 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
     figures, missing = [], []
     for name in list_figures():
         spec = get_figure(name)
-        feeding = [sweep for sweep, info in sweeps.items() if name in info["figures"]]
+        feeding = feeding_sweeps(sweeps, name)
         rows = rows_for(name)
         if not rows:
             missing.append(name)
@@ -100,12 +101,19 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
     return ReportSummary(markdown, page, figures, missing)
 
 
+def feeding_sweeps(sweeps: dict[str, dict], figure: str) -> list[str]:
+    """The sweeps (``ResultStore.sweeps()``) whose experiment file lists ``figure``."""
+    return [sweep for sweep, info in sweeps.items() if figure in info["figures"]]
+
+
 def figure_rows(store: ResultStore) -> Callable[[str], list[ResultRow]]:
-    """figure name → the stored rows of every sweep that lists it (none: an empty list)."""
+    """figure name → the stored rows of every sweep that lists it (none: an empty list), read once
+    per figure (the findings and the figures ask for the same rows)."""
     sweeps = store.sweeps()
 
+    @functools.cache
     def rows_for(figure: str) -> list[ResultRow]:
-        feeding = [sweep for sweep, info in sweeps.items() if figure in info["figures"]]
+        feeding = feeding_sweeps(sweeps, figure)
         return store.rows(feeding) if feeding else []
 
     return rows_for
