@@ -506,7 +506,7 @@ PRETRAINED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 def cmd_train(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import ImageTextDataset
     from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
-    from poisonclip.experiments.trial import train_model
+    from poisonclip.train.fit import train_model
     from poisonclip.train.loop import check_device
     from poisonclip.train.model import check_pretrained, get_model_config, image_size_of, resolve_pretrained
 
@@ -553,8 +553,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonclip.data.dataset import read_classnames
+    from poisonclip.data.prompts import resolve_templates
     from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
-    from poisonclip.evaluate.zeroshot import resolve_templates
     from poisonclip.train.checkpoint import load_checkpoint
     from poisonclip.train.model import context_length_of, image_size_of
 
@@ -656,8 +656,8 @@ def _print_metrics(args: argparse.Namespace, metrics: dict) -> None:
 
 def _read_training_set(args: argparse.Namespace, image_size: int):
     """The training set as trained on (``--data``, in order), and poison labels from ``--manifest``."""
-    from poisonclip.attacks.poison_set import read_manifest
     from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.data.manifest import read_manifest
     from poisonclip.detect.scoring import poison_labels
 
     dataset = ImageTextDataset.concat([_read_data(path, args, image_size) for path in args.data])

@@ -1,7 +1,9 @@
-"""Training: the in-memory trainer, model configs, presets and checkpoints."""
+"""Training: the in-memory trainer, one model from a config (``train_model``), model configs,
+presets and checkpoints."""
 
 from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
 from poisonclip.train.config import TrainConfig, list_presets, load_preset
+from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats, normalize_images, resolve_device, train_clip
 from poisonclip.train.many import train_many
 from poisonclip.train.model import (
@@ -28,4 +30,5 @@ __all__ = [
     "tokenize",
     "train_clip",
     "train_many",
+    "train_model",
 ]
