@@ -1,22 +1,21 @@
-"""Datasets: the embedded synthetic default and readers/writers for users' data."""
+"""Datasets: the embedded synthetic default and readers/writers for users' data.
 
-from poisonclip.data.captions import search_captions
-from poisonclip.data.dataset import (
-    ImageTextDataset,
-    read_classnames,
-    read_csv_dataset,
-    write_csv_dataset,
-)
-from poisonclip.data.synthetic import SHAPES, SyntheticConfig, make_synthetic, write_synthetic
+The names below are imported on first use: ``poisonclip.data.io`` and the CSV layout are read
+by the command line before any torch-backed module is needed.
+"""
 
-__all__ = [
-    "SHAPES",
-    "ImageTextDataset",
-    "SyntheticConfig",
-    "make_synthetic",
-    "read_classnames",
-    "read_csv_dataset",
-    "search_captions",
-    "write_csv_dataset",
-    "write_synthetic",
-]
+from poisonclip.lazy import lazy_exports
+
+_EXPORTS = {
+    "SHAPES": "poisonclip.data.synthetic",
+    "ImageTextDataset": "poisonclip.data.dataset",
+    "SyntheticConfig": "poisonclip.data.synthetic",
+    "make_synthetic": "poisonclip.data.synthetic",
+    "read_classnames": "poisonclip.data.dataset",
+    "read_csv_dataset": "poisonclip.data.dataset",
+    "search_captions": "poisonclip.data.captions",
+    "write_csv_dataset": "poisonclip.data.dataset",
+    "write_synthetic": "poisonclip.data.synthetic",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

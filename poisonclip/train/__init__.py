@@ -1,31 +1,27 @@
-"""Training: the in-memory trainer, model configs, presets and checkpoints."""
+"""Training: the in-memory trainer, model configs, presets and checkpoints.
 
-from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
-from poisonclip.train.config import TrainConfig, list_presets, load_preset
-from poisonclip.train.loop import TrainStats, normalize_images, resolve_device, train_clip
-from poisonclip.train.many import train_many
-from poisonclip.train.model import (
-    create_model,
-    get_model_config,
-    image_size_of,
-    list_model_configs,
-    tokenize,
-)
+The names below are imported on first use: presets and model-config names are listed without
+loading torch.
+"""
 
-__all__ = [
-    "TrainConfig",
-    "TrainStats",
-    "create_model",
-    "get_model_config",
-    "image_size_of",
-    "list_model_configs",
-    "list_presets",
-    "load_checkpoint",
-    "load_preset",
-    "normalize_images",
-    "resolve_device",
-    "save_checkpoint",
-    "tokenize",
-    "train_clip",
-    "train_many",
-]
+from poisonclip.lazy import lazy_exports
+
+_EXPORTS = {
+    "TrainConfig": "poisonclip.train.config",
+    "TrainStats": "poisonclip.train.loop",
+    "create_model": "poisonclip.train.model",
+    "get_model_config": "poisonclip.train.model",
+    "image_size_of": "poisonclip.train.model",
+    "list_model_configs": "poisonclip.train.config",
+    "list_presets": "poisonclip.train.config",
+    "load_checkpoint": "poisonclip.train.checkpoint",
+    "load_preset": "poisonclip.train.config",
+    "normalize_images": "poisonclip.train.loop",
+    "resolve_device": "poisonclip.train.loop",
+    "save_checkpoint": "poisonclip.train.checkpoint",
+    "tokenize": "poisonclip.train.model",
+    "train_clip": "poisonclip.train.loop",
+    "train_many": "poisonclip.train.many",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
