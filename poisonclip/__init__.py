@@ -9,20 +9,20 @@ from poisonclip.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "TrainConfig": "poisonclip.train.config",
-    "UsageError": "poisonclip.errors",
-    "attacks": "poisonclip.attacks",
-    "data": "poisonclip.data",
-    "evaluate": "poisonclip.evaluate",
-    "experiments": "poisonclip.experiments",
-    "load_checkpoint": "poisonclip.train.checkpoint",
-    "make_backdoor": "poisonclip.attacks.backdoor",
-    "make_synthetic": "poisonclip.data.synthetic",
-    "read_csv_dataset": "poisonclip.data.dataset",
-    "train": "poisonclip.train",
-    "train_clip": "poisonclip.train.loop",
-    "write_synthetic": "poisonclip.data.synthetic",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.attacks": ("attacks",),
+        "poisonclip.attacks.backdoor": ("make_backdoor",),
+        "poisonclip.data": ("data",),
+        "poisonclip.data.dataset": ("read_csv_dataset",),
+        "poisonclip.data.synthetic": ("make_synthetic", "write_synthetic"),
+        "poisonclip.errors": ("UsageError",),
+        "poisonclip.evaluate": ("evaluate",),
+        "poisonclip.experiments": ("experiments",),
+        "poisonclip.train": ("train",),
+        "poisonclip.train.checkpoint": ("load_checkpoint",),
+        "poisonclip.train.config": ("TrainConfig",),
+        "poisonclip.train.loop": ("train_clip",),
+    },
+)

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``: each name in ``exports`` comes from the
-    module it maps to (a name that maps to itself is that submodule), imported when first read."""
+    package: str, modules: Mapping[str, Sequence[str]]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``: each module in ``modules``
+    gives the names it maps to, imported when one of them is first read (a module that gives its
+    own name, ``package.name`` giving ``name``, is that submodule)."""
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         if name not in exports:
@@ -25,4 +27,4 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted({*vars(importlib.import_module(package)), *exports})
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)

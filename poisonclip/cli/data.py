@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from poisonclip.cli.options import add_overwrite
+from poisonclip.cli import options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate datasets")
-    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
-    q = data_sub.add_parser(
-        "synth",
-        help="write the synthetic shapes dataset as PNGs + open_clip CSVs",
-        description="Write train.csv, test.csv (both with labels), classnames.txt and images.",
-    )
+    data_sub = options.group(sub, "data", "generate datasets", "data_command", "WHAT")
+    q = options.command(data_sub, "synth", run, "write the synthetic shapes dataset as PNGs + open_clip CSVs")
     q.add_argument("out", help="output directory")
-    add_overwrite(q, out=True)
+    options.add_overwrite(q, out=True)
     q.add_argument("--num-train", type=int, default=20_000, help="training pairs")
     q.add_argument("--num-test", type=int, default=2_000, help="labelled test images")
     q.add_argument("--image-size", type=int, default=32, help="pixels per side")
@@ -28,10 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--num-shapes", type=int, default=20, help="number of classes (2-20)")
     q.add_argument("--seed", type=int, default=0, help="generator seed")
-    q.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write train.csv, test.csv (both with labels), classnames.txt and images."""
     from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
 
     config = SyntheticConfig(

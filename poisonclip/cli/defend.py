@@ -5,16 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poisonclip.cli.options import (
-    PRETRAINED_HELP,
-    add_csv_options,
-    add_no_progress,
-    add_overwrite,
-    add_train_options,
-    csv_format,
-    progress,
-    train_config,
-)
+from poisonclip.cli import options
 from poisonclip.errors import UsageError
 
 # defend options -> fields of the defense's parameter dataclass (poisonclip.defend.*Params)
@@ -40,30 +31,21 @@ INPUT_FLAGS = {"model": "--checkpoint (or --pretrained)", "dataset": "--data", "
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "defend",
-        help="apply a defense (filter, cleanclip, roclip, safeclip) to one model or dataset",
-        description="Run one defense and write OUT/checkpoint/ (evaluate it with poisonclip evaluate) "
-        "and OUT/defense.json (parameters, cost, the defense's own record; with --manifest, how many "
-        "poisons it flagged). filter: rank --data with a detector on --checkpoint, drop the top "
-        "--fraction, retrain from scratch. cleanclip: fine-tune --checkpoint on --clean-data with CLIP "
-        "+ in-modal losses at each of --lrs, keep the lowest clean validation loss. roclip and "
-        "safeclip: train from scratch on --data. Training options as for poisonclip train (for "
-        "cleanclip only optimizer, weight decay, warm-up, device and precision apply).",
+    p = options.command(
+        sub, "defend", run, "apply a defense (filter, cleanclip, roclip, safeclip) to one model or dataset"
     )
     p.add_argument("defense", help="filter, cleanclip, roclip or safeclip (poisonclip list defenses)")
-    p.add_argument("--out", required=True, help="output directory")
-    add_overwrite(p, out=True)
+    options.add_out_dir(p)
     p.add_argument("--checkpoint", help="the undefended model (filter, cleanclip)")
     p.add_argument(
-        "--pretrained", help=PRETRAINED_HELP + ": the model cleanclip cleans, instead of --checkpoint"
+        "--pretrained", help=options.PRETRAINED_HELP + ": the model cleanclip cleans, instead of --checkpoint"
     )
     p.add_argument(
         "--data", nargs="+", help="the (poisoned) training set: CSVs or shards (filter, roclip, safeclip)"
     )
     p.add_argument("--manifest", nargs="+", help="poison manifests, to report what the defense flagged")
     p.add_argument("--clean-data", nargs="+", help="the defender's clean pairs (cleanclip)")
-    add_train_options(p)
+    options.add_train_options(p)
     g = p.add_argument_group("filter")
     g.add_argument("--detector", help="detector whose ranking is filtered (default slof)")
     g.add_argument(
@@ -89,12 +71,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--first-threshold", type=float, help="first split: P(safe component) above (default 0.9)")
     g.add_argument("--fraction-step", type=float, help="safe fraction growth per epoch (default 0.01)")
     g.add_argument("--max-fraction", type=float, help="largest safe fraction (default 0.85)")
-    add_csv_options(p)
-    add_no_progress(p)
-    p.set_defaults(run=run)
+    options.add_csv_options(p)
+    options.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one defense and write OUT/checkpoint/ (evaluate it with poisonclip evaluate) and
+    OUT/defense.json (parameters, cost, the defense's own record; with --manifest, how many
+    poisons it flagged). filter: rank --data with a detector on --checkpoint, drop the top
+    --fraction, retrain from scratch. cleanclip: fine-tune --checkpoint on --clean-data with CLIP
+    + in-modal losses at each of --lrs, keep the lowest clean validation loss. roclip and
+    safeclip: train from scratch on --data. Training options as for poisonclip train (for
+    cleanclip only optimizer, weight decay, warm-up, device and precision apply)."""
     from poisonclip.data.reading import read_datasets
     from poisonclip.defend import DefenseContext, get_defense
     from poisonclip.defend.output import CHECKPOINT_DIR, RECORD_NAME, write_defense
@@ -110,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         {field: getattr(args, dest) for dest, field in DEFENSE_OPTIONS.items()},
         {field: f"--{dest.replace('_', '-')}" for dest, field in DEFENSE_OPTIONS.items()},
     )
-    config = train_config(args)
+    config = options.train_config(args)
     check_device(config.device)
     if args.pretrained and (defense.name != "cleanclip" or args.checkpoint):
         raise UsageError("--pretrained names the model that cleanclip cleans, instead of --checkpoint")
@@ -124,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint_as(args.checkpoint, model_config) if args.checkpoint else None
     if args.pretrained:
         model = initial_model(config, model_config).eval()
-    image_size, csv = image_size_of(model_config), csv_format(args)
-    training = (
-        read_training_set(args.data, args.manifest, image_size, csv, progress(args)) if args.data else None
-    )
-    clean = read_datasets(args.clean_data, image_size, csv, progress(args)) if args.clean_data else None
+    image_size, csv, progress = image_size_of(model_config), options.csv_format(args), options.progress(args)
+    training = clean = None
+    if args.data:
+        training = read_training_set(args.data, args.manifest, image_size, csv, progress)
+    if args.clean_data:
+        clean = read_datasets(args.clean_data, image_size, csv, progress)
     dataset = training.dataset if training else None
-    context = DefenseContext(config, dataset, model, clean, progress=progress(args))
+    context = DefenseContext(config, dataset, model, clean, progress=progress)
     outcome = defense.run(context, params)
     keys, manifest = (dataset.keys, training.manifest) if training else (None, None)
     write_defense(args.out, defense.name, params, outcome, model_config, config, keys, manifest)

@@ -5,51 +5,41 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poisonclip.cli.options import (
-    PLACEMENTS,
-    add_no_progress,
-    add_overwrite,
-    add_patch_options,
-    add_train_options,
-    train_config,
-)
+from poisonclip.cli import options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="synthetic data -> clean and backdoored model -> ASR, z-score, figure",
-        description="Generate the embedded synthetic dataset, poison it with a checkerboard "
-        "backdoor, train a clean and a backdoored model, and compare them.",
+    p = options.command(
+        sub, "demo", run, "synthetic data -> clean and backdoored model -> ASR, z-score, figure"
     )
-    p.add_argument("--out", default="results/demo", help="output directory")
-    add_overwrite(p, out=True)
+    options.add_out_dir(p, "output directory", default="results/demo")
     p.add_argument("--num-train", type=int, default=20_000, help="clean training pairs")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--poison-count", type=int, default=100, help="poisons added to the training set")
     p.add_argument("--seed", type=int, default=0, help="seed of the poison selection")
-    add_patch_options(
+    options.add_patch_options(
         p, label_default="star", label_help="the label the trigger should cause: a shape of the synthetic set"
     )
     p.add_argument(
         "--eval-placement",
-        choices=PLACEMENTS,
+        choices=options.PLACEMENTS,
         default="consistent",
         help="where the patch goes on test images",
     )
-    add_train_options(p)
-    add_no_progress(p)
-    p.set_defaults(run=run)
+    options.add_train_options(p)
+    options.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate the embedded synthetic dataset, poison it with a checkerboard backdoor, train a
+    clean and a backdoored model, and compare them."""
     from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
     from poisonclip.train.loop import check_device
 
     config = DemoConfig(
         data=SyntheticConfig(num_train=args.num_train, seed=args.data_seed),
-        train=train_config(args),
+        train=options.train_config(args),
         target_label=args.target_label,
         poison_count=args.poison_count,
         patch_size=args.patch_size,
@@ -58,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     check_device(config.train.device)
-    summary = run_demo(config, args.out, progress=not args.no_progress)
+    summary = run_demo(config, args.out, progress=options.progress(args))
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'similarity_histograms.png'}")
     return 0

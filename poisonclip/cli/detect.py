@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poisonclip.cli.options import add_csv_options, add_no_progress, add_overwrite, csv_format, progress
+from poisonclip.cli import options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "detect",
-        help="score every training pair with poison detectors; with a manifest, ROC-AUC etc.",
-        description="Embed the training set with a trained checkpoint and give every pair a score per "
-        "detector (higher = more suspicious). Detectors see the embeddings (and the early "
-        "per-sample losses) only; --manifest is used to score them: ROC-AUC, PR-AUC, false-positive "
-        "rate at 95%% recall, and ROC-AUC against shuffled labels (the null level, about 0.5). Writes "
-        "OUT/scores.tsv and OUT/metrics.json.",
+    p = options.command(
+        sub, "detect", run, "score every training pair with poison detectors; with a manifest, ROC-AUC etc."
     )
     p.add_argument("--checkpoint", required=True, help="the model trained on --data (checkpoint directory)")
     p.add_argument(
@@ -25,8 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--manifest", nargs="+", help="poison manifests (manifest.jsonl) naming the poisons among --data"
     )
-    p.add_argument("--out", required=True, help="output directory")
-    add_overwrite(p, out=True)
+    options.add_out_dir(p)
     p.add_argument(
         "--detectors",
         help="comma-separated detector names (poisonclip list detectors); default: all, without "
@@ -60,12 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "poisonclip train --track-loss-epochs)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled-label null check")
-    add_csv_options(p)
-    add_no_progress(p)
-    p.set_defaults(run=run)
+    options.add_csv_options(p)
+    options.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Embed the training set with a trained checkpoint and give every pair a score per detector
+    (higher = more suspicious). Detectors see the embeddings (and the early per-sample losses)
+    only; --manifest is used to score them: ROC-AUC, PR-AUC, false-positive rate at 95% recall,
+    and ROC-AUC against shuffled labels (the null level, about 0.5). Writes OUT/scores.tsv and
+    OUT/metrics.json."""
     from poisonclip.detect import (
         embed_training_set,
         get_detector,
@@ -88,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"no loss record ({record}): loss-tracking skipped (train with --track-loss-epochs)")
     model, model_config = load_checkpoint(args.checkpoint)
     training = read_training_set(
-        args.data, args.manifest, image_size_of(model_config), csv_format(args), progress(args)
+        args.data,
+        args.manifest,
+        image_size_of(model_config),
+        options.csv_format(args),
+        options.progress(args),
     )
     dataset, labels = training.dataset, training.labels
     early_loss = load_loss_record(record, dataset.keys) if "loss-tracking" in names else None

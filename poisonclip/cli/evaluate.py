@@ -5,24 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from poisonclip.cli.options import (
-    add_csv_options,
-    add_no_progress,
-    add_overwrite,
-    add_patch_options,
-    csv_format,
-    progress,
-)
+from poisonclip.cli import options
 from poisonclip.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="zero-shot accuracy, backdoor ASR and z-score of a checkpoint",
-        description="Evaluate a checkpoint on a labelled test CSV (or shards with labels in their "
-        "JSON), or on an ImageFolder directory such as ImageNet-val.",
-    )
+    p = options.command(sub, "evaluate", run, "zero-shot accuracy, backdoor ASR and z-score of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     test = p.add_mutually_exclusive_group(required=True)
     test.add_argument("--test", help="test CSV with a label column, or webdataset shards")
@@ -56,19 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")
-    add_overwrite(p, out=False)
-    add_patch_options(
+    options.add_overwrite(p, out=False)
+    options.add_patch_options(
         p,
         label_default=None,
         label_help="the label the backdoor's trigger should cause (without it: clean metrics only), "
         "or with --target-image the label y' that the targeted attack wanted for x' (required then)",
     )
-    add_csv_options(p)
-    add_no_progress(p)
-    p.set_defaults(run=run)
+    options.add_csv_options(p)
+    options.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a labelled test CSV (or shards with labels in their JSON), or on an
+    ImageFolder directory such as ImageNet-val."""
     from poisonclip.cli.train import note_resized
     from poisonclip.data.reading import read_test_set
     from poisonclip.evaluate.zeroshot import resolve_templates
@@ -91,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         imagefolder=args.imagefolder,
         classnames=args.classnames,
         max_per_class=args.max_per_class,
-        csv=csv_format(args),
-        progress=progress(args),
+        csv=options.csv_format(args),
+        progress=options.progress(args),
     )
     if args.target_image:
         from poisonclip.attacks.targets import TargetSource, load_target
@@ -114,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
             }
         probe_train = None
         if args.probe_train:
-            probe_train = read_imagefolder(args.probe_train, image_size, args.max_per_class, progress(args))
+            probe_train = read_imagefolder(
+                args.probe_train, image_size, args.max_per_class, options.progress(args)
+            )
         metrics = model_metrics(model, model_config, test, classnames, templates, backdoor, probe_train)
     if args.out:
         from poisonclip.data.io import write_json_atomic

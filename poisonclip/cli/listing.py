@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from poisonclip.cli import options
+
 # what -> (module, function) naming them. Presets and models are listed without loading torch;
 # attacks, detectors and defenses are the names their modules register when imported.
 LISTINGS = {
@@ -17,9 +19,8 @@ LISTINGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list model configs, presets, attacks, detectors or defenses")
+    p = options.command(sub, "list", run, "list model configs, presets, attacks, detectors or defenses")
     p.add_argument("what", choices=tuple(LISTINGS))
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ Only light modules are imported here (no torch): every parser is built for ``--h
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.train.config import OPTIMIZERS, PRECISIONS, TrainConfig, load_preset
@@ -20,6 +21,26 @@ PRETRAINED_HELP = (
     "--model ViT-B-32 --pretrained laion2b_s34b_b79k) or a local file (open_clip_train's epoch_N.pt, a "
     "state dict .pt/.bin, .safetensors; loaded weights-only)"
 )
+
+
+def command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    help: str,
+) -> argparse.ArgumentParser:
+    """The parser of command ``name``, which ``main`` answers with ``run(args)`` (its exit code);
+    ``help`` sums it up in the list of commands, ``run``'s docstring describes it in its ``--help``."""
+    p = sub.add_parser(name, help=help, description=run.__doc__)
+    p.set_defaults(run=run)
+    return p
+
+
+def group(
+    sub: argparse._SubParsersAction, name: str, help: str, dest: str, metavar: str
+) -> argparse._SubParsersAction:
+    """A command whose subcommands (``command(group(...), ...)``) do the work: ``poisonclip data synth``."""
+    return sub.add_parser(name, help=help).add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -83,6 +104,15 @@ def add_overwrite(p: argparse.ArgumentParser, **outputs: bool) -> None:
         "the home directory",
     )
     p.set_defaults(outputs=outputs)
+
+
+def add_out_dir(
+    p: argparse.ArgumentParser, help: str = "output directory", default: str | None = None
+) -> None:
+    """``--out``: the directory the command writes (required unless it has a ``default``); and
+    ``--overwrite``."""
+    p.add_argument("--out", required=default is None, default=default, help=help)
+    add_overwrite(p, out=True)
 
 
 def add_no_progress(p: argparse.ArgumentParser, help: str = "no progress bars") -> None:

@@ -8,14 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from poisonclip.cli.options import (
-    add_csv_options,
-    add_no_progress,
-    add_overwrite,
-    add_patch_options,
-    csv_format,
-    progress,
-)
+from poisonclip.cli import options
 
 if TYPE_CHECKING:
     from poisonclip.attacks.from_data import BuiltPoisons
@@ -23,13 +16,12 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("poison", help="build poison sets")
-    poison_sub = p.add_subparsers(dest="attack", required=True, metavar="ATTACK")
-    q = poison_sub.add_parser(
+    poison_sub = options.group(sub, "poison", "build poison sets", "attack", "ATTACK")
+    q = options.command(
+        poison_sub,
         "backdoor",
-        help="checkerboard patch on many images, captioned with the target label",
-        description="Write poison-only data (poisons.csv + images, or webdataset shards, + "
-        "manifest.jsonl) to add to the training set; the input dataset is not modified.",
+        run_backdoor,
+        "checkerboard patch on many images, captioned with the target label",
     )
     q.add_argument(
         "--data",
@@ -42,17 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
     _add_substring(q)
     _add_output_options(q, "source images")
-    add_patch_options(q, label_required=True)
-    add_csv_options(q)
-    q.set_defaults(run=run_backdoor)
+    options.add_patch_options(q, label_required=True)
+    options.add_csv_options(q)
 
-    q = poison_sub.add_parser(
+    q = options.command(
+        poison_sub,
         "targeted",
-        help="one image x' with many captions of label y' (targeted poisoning)",
-        description="Write poison-only data (poisons.csv + images, or webdataset shards, + "
-        "manifest.jsonl) that makes the target image x' be classified as the target label y' (paper "
-        "section 3.1): copies of x', each paired with a caption for y'. The input dataset is not "
-        "modified.",
+        run_targeted,
+        "one image x' with many captions of label y' (targeted poisoning)",
     )
     q.add_argument(
         "--data",
@@ -104,8 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(the label is never touched)",
     )
     q.add_argument("--seed", type=int, default=0, help="seed for caption choice, noise and perturbation")
-    add_csv_options(q)
-    q.set_defaults(run=run_targeted)
+    options.add_csv_options(q)
 
 
 def _add_substring(p: argparse.ArgumentParser) -> None:
@@ -118,7 +106,7 @@ def _add_substring(p: argparse.ArgumentParser) -> None:
 
 def _add_output_options(p: argparse.ArgumentParser, resized: str) -> None:
     p.add_argument("--out", required=True, help="output directory for the poison set")
-    add_overwrite(p, out=True, merged_csv=False)
+    options.add_overwrite(p, out=True, merged_csv=False)
     p.add_argument(
         "--format",
         choices=("csv", "wds"),
@@ -134,24 +122,31 @@ def _add_output_options(p: argparse.ArgumentParser, resized: str) -> None:
     )
     p.add_argument("--samples-per-shard", type=int, default=10_000, help="with --format wds")
     p.add_argument("--image-format", choices=("png", "jpg"), default="png", help="with --format wds")
-    add_no_progress(p)
+    options.add_no_progress(p)
+
+
+# options that are make_backdoor's and make_targeted's keyword arguments of the same name
+BACKDOOR_ARGS = ("target_label", "poison_count", "patch_size", "placement", "seed")
+TARGETED_ARGS = ("poison_count", "captions", "seed", "noise_std", "perturb_captions")
+
+
+def _attack(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
+    """The attack's keyword arguments: the options ``names``, and how captions are searched."""
+    return {name: getattr(args, name) for name in names} | {"word_boundary": not args.substring}
 
 
 def run_backdoor(args: argparse.Namespace) -> int:
+    """Write poison-only data (poisons.csv + images, or webdataset shards, + manifest.jsonl) to add
+    to the training set; the input dataset is not modified."""
     from poisonclip.attacks.from_data import backdoor_from_data, poison_output_format
 
     output_format = poison_output_format(args.data, args.format, args.merged_csv)
     built = backdoor_from_data(
         args.data,
         args.image_size,
-        csv_format(args),
-        progress(args),
-        target_label=args.target_label,
-        poison_count=args.poison_count,
-        patch_size=args.patch_size,
-        placement=args.placement,
-        seed=args.seed,
-        word_boundary=not args.substring,
+        options.csv_format(args),
+        options.progress(args),
+        **_attack(args, BACKDOOR_ARGS),
     )
     if built.scan is not None:
         _print_scan(built.scan, args.target_label)
@@ -162,6 +157,9 @@ def run_backdoor(args: argparse.Namespace) -> int:
 
 
 def run_targeted(args: argparse.Namespace) -> int:
+    """Write poison-only data (poisons.csv + images, or webdataset shards, + manifest.jsonl) that
+    makes the target image x' be classified as the target label y' (paper section 3.1): copies of
+    x', each paired with a caption for y'. The input dataset is not modified."""
     from collections import Counter
 
     from poisonclip.attacks.from_data import poison_output_format, targeted_from_data
@@ -175,14 +173,9 @@ def run_targeted(args: argparse.Namespace) -> int:
         args.data,
         source,
         args.image_size,
-        csv_format(args),
-        progress(args),
-        poison_count=args.poison_count,
-        captions=args.captions,
-        seed=args.seed,
-        noise_std=args.noise_std,
-        perturb_captions=args.perturb_captions,
-        word_boundary=not args.substring,
+        options.csv_format(args),
+        options.progress(args),
+        **_attack(args, TARGETED_ARGS),
         template_set=args.templates,
     )
     if built.scan is not None:
@@ -247,7 +240,7 @@ def _write(args: argparse.Namespace, built: BuiltPoisons, output_format: str, wh
     else:
         print(f"train with: poisonclip train --data {data} --out CHECKPOINT")
     if args.merged_csv:
-        csv = csv_format(args)
+        csv = options.csv_format(args)
         rows = write_merged_csv(
             args.merged_csv, args.data, written.location, csv.separator, csv.image_column, csv.caption_column
         )

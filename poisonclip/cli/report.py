@@ -5,37 +5,30 @@ from __future__ import annotations
 
 import argparse
 
-from poisonclip.cli.options import DEFAULT_DB, add_local_sweep_options, add_no_progress, add_overwrite
+from poisonclip.cli import options
 
 EXPERIMENTS_DIR = "experiments"  # the shipped experiment files, relative to the repository root
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="figures (paper Figs 2-6) and Markdown/HTML tables from a results database",
-        description="Draw every figure that a sweep in the database lists, and write report.md "
-        "and a self-contained report.html with the tables behind every figure.",
+    p = options.command(
+        sub, "report", run_report, "figures (paper Figs 2-6) and Markdown/HTML tables from a results database"
     )
     p.add_argument("db", help="results database written by `poisonclip sweep run`")
-    p.add_argument("--out", required=True, help="output directory")
-    add_overwrite(p, out=True)
-    p.set_defaults(run=run_report)
+    options.add_out_dir(p)
 
-    p = sub.add_parser(
+    p = options.command(
+        sub,
         "reproduce",
-        help="run every shipped experiment (resumable), then the report and the paper-vs-toy table",
-        description="Run the trials of every experiment file that the database lacks (a second call "
-        "trains nothing), then write the report (figures, tables, and the paper's findings beside "
-        "the toy's numbers with a verdict each) and optionally copy the figures elsewhere. "
-        "Hours on a 2-core CPU from an empty database; under a minute on a complete one.",
+        run_reproduce,
+        "run every shipped experiment (resumable), then the report and the paper-vs-toy table",
     )
     p.add_argument(
         "files",
         nargs="*",
         help=f"experiment files (default: every {EXPERIMENTS_DIR}/*.toml, paper figures first)",
     )
-    p.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite), created or resumed")
+    p.add_argument("--db", default=options.DEFAULT_DB, help="results database (SQLite), created or resumed")
     p.add_argument("--out", default="results/report", help="report directory (replaced as a whole)")
     p.add_argument(
         "--figures",
@@ -46,13 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also replace the paper-vs-toy table between this Markdown file's markers "
         "(<!-- paper-vs-toy: ... --> and <!-- /paper-vs-toy -->), e.g. README.md",
     )
-    add_local_sweep_options(p)
-    add_no_progress(p)
-    add_overwrite(p, out=True)
-    p.set_defaults(run=run_reproduce)
+    options.add_local_sweep_options(p)
+    options.add_no_progress(p)
+    options.add_overwrite(p, out=True)
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """Draw every figure that a sweep in the database lists, and write report.md and a
+    self-contained report.html with the tables behind every figure."""
     from poisonclip.report.reproduce import write_report_dir
 
     summary = write_report_dir(args.db, args.out)
@@ -63,6 +57,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    """Run the trials of every experiment file that the database lacks (a second call trains
+    nothing), then write the report (figures, tables, and the paper's findings beside the toy's
+    numbers with a verdict each) and optionally copy the figures elsewhere. Hours on a 2-core CPU
+    from an empty database; under a minute on a complete one."""
     from pathlib import Path
 
     from poisonclip.cli.sweep import interruptible
@@ -83,7 +81,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     failed = 0
     for sweep, executor in zip(sweeps, executors, strict=True):
         with interruptible():
-            summary = run_sweep(sweep, args.db, executor, args.data_root, not args.no_progress)
+            summary = run_sweep(sweep, args.db, executor, args.data_root, options.progress(args))
         failed += len(summary.failed)
         print(f"sweep {sweep.name}: trained {summary.completed}, {summary.already_done} already stored "
               f"({summary.trials} trials), {len(summary.failed)} failed")  # fmt: skip

@@ -7,29 +7,30 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from poisonclip.cli.options import DEFAULT_DB, add_local_sweep_options, add_no_progress
+from poisonclip.cli import options
 
 EXECUTORS = ("local", "slurm")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run experiment grids into a results database")
-    sweep_sub = p.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
-    q = sweep_sub.add_parser(
+    sweep_sub = options.group(
+        sub, "sweep", "run experiment grids into a results database", "sweep_command", "ACTION"
+    )
+    q = options.command(
+        sweep_sub,
         "run",
-        help="run every (configuration, seed) trial of an experiment file not yet stored",
-        description="Validate the experiment file, then train and evaluate every missing trial and "
-        "store each one atomically; rerun after an interruption to complete only the missing ones.",
+        run_trials,
+        "run every (configuration, seed) trial of an experiment file not yet stored",
     )
     q.add_argument("file", help="experiment file (TOML), e.g. experiments/fig4.toml")
-    q.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite)")
+    q.add_argument("--db", default=options.DEFAULT_DB, help="results database (SQLite)")
     q.add_argument(
         "--executor",
         choices=EXECUTORS,
         default="local",
         help="local processes, or SLURM jobs via submitit (settings: the file's [slurm])",
     )
-    add_local_sweep_options(q)
+    options.add_local_sweep_options(q)
     q.add_argument(
         "--seeds-per-job",
         type=int,
@@ -39,12 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "single-thread worker a seed is as fast); with --executor slurm, decided on the submitting "
         "host, so set it there. Only for attacks whose trials train one model (not defense)",
     )
-    add_no_progress(q, help="no progress bar")
-    q.set_defaults(run=run_trials)
-    q = sweep_sub.add_parser("status", help="done / running / remaining trials of an experiment file")
+    options.add_no_progress(q, help="no progress bar")
+    q = options.command(
+        sweep_sub, "status", run_status, "done / running / remaining trials of an experiment file"
+    )
     q.add_argument("file", help="experiment file (TOML)")
-    q.add_argument("--db", default=DEFAULT_DB, help="results database (SQLite)")
-    q.set_defaults(run=run_status)
+    q.add_argument("--db", default=options.DEFAULT_DB, help="results database (SQLite)")
 
 
 @contextmanager
@@ -58,6 +59,8 @@ def interruptible() -> Iterator[None]:
 
 
 def run_trials(args: argparse.Namespace) -> int:
+    """Validate the experiment file, then train and evaluate every missing trial and store each one
+    atomically; rerun after an interruption to complete only the missing ones."""
     from poisonclip.experiments.executors import local_executor, slurm_executor
     from poisonclip.experiments.grid import load_sweep
     from poisonclip.experiments.sweep import run_sweep
@@ -69,7 +72,7 @@ def run_trials(args: argparse.Namespace) -> int:
         executor = local_executor(sweep, args.workers)
     with interruptible():
         summary = run_sweep(
-            sweep, args.db, executor, args.data_root, not args.no_progress, args.seeds_per_job
+            sweep, args.db, executor, args.data_root, options.progress(args), args.seeds_per_job
         )
     print(
         f"sweep {sweep.name}: ran {summary.completed} trials, {summary.already_done} were already "

@@ -7,39 +7,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from poisonclip.cli.options import (
-    PRETRAINED_HELP,
-    add_csv_options,
-    add_no_progress,
-    add_overwrite,
-    add_train_options,
-    csv_format,
-    progress,
-    train_config,
-)
+from poisonclip.cli import options
 from poisonclip.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a CLIP model in memory, or hand it to open_clip_train (torchrun, SLURM)",
-        description="Train on the union of the given datasets (e.g. train.csv and poisons.csv, or "
-        "shards and poison shards) and save a safetensors checkpoint that "
-        "open_clip.create_model('local-dir:OUT') and poisonclip evaluate load.",
+    p = options.command(
+        sub, "train", run, "train a CLIP model in memory, or hand it to open_clip_train (torchrun, SLURM)"
     )
     p.add_argument(
         "--data", required=True, nargs="+", help="CSV files or webdataset URLs to train on (concatenated)"
     )
-    p.add_argument("--out", required=True, help="checkpoint directory")
-    add_overwrite(p, out=True)
+    options.add_out_dir(p, "checkpoint directory")
     p.add_argument(
         "--backend",
         choices=("memory", "open_clip"),
         default="memory",
         help="memory: our in-memory loop (small data); open_clip: open_clip_train under torchrun",
     )
-    add_train_options(p)
+    options.add_train_options(p)
     g = p.add_argument_group("open_clip backend")
     g.add_argument(
         "--train-num-samples", type=int, help="samples per epoch over all --data (needed for shards)"
@@ -67,19 +53,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="start from this checkpoint instead of a fresh model (fine-tuning); it must have the "
         "architecture of --model / the preset's model",
     )
-    p.add_argument("--pretrained", help=PRETRAINED_HELP + " (fine-tuning; both backends)")
+    p.add_argument("--pretrained", help=options.PRETRAINED_HELP + " (fine-tuning; both backends)")
     p.add_argument(
         "--track-loss-epochs",
         type=int,
         help="record each sample's loss averaged over the first E epochs in OUT/sample_losses.json "
         "(for poisonclip detect's loss-tracking detector)",
     )
-    add_csv_options(p)
-    add_no_progress(p, help="no progress bar")
-    p.set_defaults(run=run)
+    options.add_csv_options(p)
+    options.add_no_progress(p, help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train on the union of the given datasets (e.g. train.csv and poisons.csv, or shards and
+    poison shards) and save a safetensors checkpoint that open_clip.create_model('local-dir:OUT')
+    and poisonclip evaluate load."""
     from poisonclip.data.reading import read_datasets
     from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
     from poisonclip.experiments.trial import train_model
@@ -87,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from poisonclip.train.loop import check_device
     from poisonclip.train.model import check_pretrained, get_model_config, image_size_of, resolve_pretrained
 
-    config = train_config(args)
+    config = options.train_config(args)
     image_size = image_size_of(get_model_config(config.model))  # validates the model name early
     elsewhere = args.dry_run and pretrained_elsewhere(config.model, config.pretrained)  # passed on unchecked
     runs_elsewhere = args.dry_run or args.slurm_partition
@@ -108,14 +96,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dry-run and --slurm-partition need --backend open_clip")
     if args.track_loss_epochs is not None and not 1 <= args.track_loss_epochs <= config.epochs:
         raise UsageError(f"--track-loss-epochs must be between 1 and the {config.epochs} training epochs")
-    dataset = read_datasets(args.data, image_size, csv_format(args), progress(args))
+    dataset = read_datasets(args.data, image_size, options.csv_format(args), options.progress(args))
     tracker = (
         LossTracker(len(dataset), args.track_loss_epochs, config.batch_size, config.seed)
         if args.track_loss_epochs
         else None
     )
     _, _, stats = train_model(
-        dataset, config, args.out, progress(args), init_checkpoint=args.init_checkpoint, on_epoch_end=tracker
+        dataset,
+        config,
+        args.out,
+        options.progress(args),
+        init_checkpoint=args.init_checkpoint,
+        on_epoch_end=tracker,
     )
     if tracker is not None:
         save_loss_record(Path(args.out) / LOSS_RECORD_NAME, dataset.keys, tracker.mean(), tracker.epochs)
@@ -138,7 +131,7 @@ def _train_open_clip(config, args: argparse.Namespace) -> None:
         workers=args.workers,
         logs=args.logs,
         name=args.name,
-        csv=csv_format(args),
+        csv=options.csv_format(args),
         extra_args=args.open_clip_args,
     )
     if args.dry_run:  # a command to run elsewhere

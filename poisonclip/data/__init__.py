@@ -6,16 +6,16 @@ by the command line before any torch-backed module is needed.
 
 from poisonclip.lazy import lazy_exports
 
-_EXPORTS = {
-    "SHAPES": "poisonclip.data.synthetic",
-    "ImageTextDataset": "poisonclip.data.dataset",
-    "SyntheticConfig": "poisonclip.data.synthetic",
-    "make_synthetic": "poisonclip.data.synthetic",
-    "read_classnames": "poisonclip.data.dataset",
-    "read_csv_dataset": "poisonclip.data.dataset",
-    "search_captions": "poisonclip.data.captions",
-    "write_csv_dataset": "poisonclip.data.dataset",
-    "write_synthetic": "poisonclip.data.synthetic",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.data.captions": ("search_captions",),
+        "poisonclip.data.dataset": (
+            "ImageTextDataset",
+            "read_classnames",
+            "read_csv_dataset",
+            "write_csv_dataset",
+        ),
+        "poisonclip.data.synthetic": ("SHAPES", "SyntheticConfig", "make_synthetic", "write_synthetic"),
+    },
+)

@@ -6,22 +6,13 @@ loading torch.
 
 from poisonclip.lazy import lazy_exports
 
-_EXPORTS = {
-    "TrainConfig": "poisonclip.train.config",
-    "TrainStats": "poisonclip.train.loop",
-    "create_model": "poisonclip.train.model",
-    "get_model_config": "poisonclip.train.model",
-    "image_size_of": "poisonclip.train.model",
-    "list_model_configs": "poisonclip.train.config",
-    "list_presets": "poisonclip.train.config",
-    "load_checkpoint": "poisonclip.train.checkpoint",
-    "load_preset": "poisonclip.train.config",
-    "normalize_images": "poisonclip.train.loop",
-    "resolve_device": "poisonclip.train.loop",
-    "save_checkpoint": "poisonclip.train.checkpoint",
-    "tokenize": "poisonclip.train.model",
-    "train_clip": "poisonclip.train.loop",
-    "train_many": "poisonclip.train.many",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.train.checkpoint": ("load_checkpoint", "save_checkpoint"),
+        "poisonclip.train.config": ("TrainConfig", "list_model_configs", "list_presets", "load_preset"),
+        "poisonclip.train.loop": ("TrainStats", "normalize_images", "resolve_device", "train_clip"),
+        "poisonclip.train.many": ("train_many",),
+        "poisonclip.train.model": ("create_model", "get_model_config", "image_size_of", "tokenize"),
+    },
+)
