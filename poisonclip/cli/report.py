@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from poisonclip.cli import options
 
@@ -61,8 +62,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     nothing), then write the report (figures, tables, and the paper's findings beside the toy's
     numbers with a verdict each) and optionally copy the figures elsewhere. Hours on a 2-core CPU
     from an empty database; under a minute on a complete one."""
-    from pathlib import Path
-
     from poisonclip.cli.sweep import interruptible
     from poisonclip.experiments.executors import local_executor
     from poisonclip.experiments.grid import load_sweep

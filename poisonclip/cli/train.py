@@ -9,6 +9,7 @@ from pathlib import Path
 
 from poisonclip.cli import options
 from poisonclip.errors import UsageError
+from poisonclip.train.config import TrainConfig  # light: no torch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_open_clip(config, args: argparse.Namespace) -> None:
+def _train_open_clip(config: TrainConfig, args: argparse.Namespace) -> None:
     from poisonclip.train.launch import dry_run_command, open_clip_run
     from poisonclip.train.open_clip_backend import run_open_clip, submit_slurm
 
