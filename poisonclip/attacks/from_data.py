@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
-from poisonclip.attacks.poison_set import POISON_CSV_NAME, PoisonSet, write_poison_set, write_poison_shards
+from poisonclip.attacks.poison_set import PoisonSet, write_poison_set, write_poison_shards
 from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
 from poisonclip.attacks.targets import TargetSource, load_target
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.manifest import POISON_CSV_NAME
 from poisonclip.data.reading import read_data
 from poisonclip.data.wds import CaptionScan, is_shard_url, shard_ranges
 from poisonclip.errors import UsageError

@@ -8,7 +8,6 @@ shards that open_clip_train reads beside the original ones (``original::poisons`
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,15 +21,18 @@ from poisonclip.data.dataset import (
     write_csv_dataset,
 )
 from poisonclip.data.io import atomic_path
+from poisonclip.data.manifest import (
+    MANIFEST_NAME,
+    POISON_CSV_NAME,
+    POISON_KEY_PREFIX,
+    SHARD_DIR,
+    read_manifest,
+    write_manifest,
+)
 from poisonclip.errors import UsageError
 
 if TYPE_CHECKING:  # webdataset and pandas load only when shards are written
     from poisonclip.data.wds import ShardSet
-
-MANIFEST_NAME = "manifest.jsonl"
-POISON_CSV_NAME = "poisons.csv"
-SHARD_DIR = "shards"
-POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's numeric keys
 
 
 @dataclass
@@ -62,7 +64,7 @@ def write_poison_set(out_dir: str | Path, poisons: PoisonSet) -> Path:
         )
         if keys != [row["poison_key"] for row in poisons.manifest]:
             raise ValueError("poison keys must be 'poison/<name>.png' to be stored at their own path")
-        _write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
+        write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
     return out_dir
 
 
@@ -87,7 +89,7 @@ def write_poison_shards(
             tmp / SHARD_DIR, poisons.samples, samples_per_shard, image_format, metadata, POISON_KEY_PREFIX
         )
         manifest = [{**row, "shard_key": key} for row, key in zip(poisons.manifest, shards.keys, strict=True)]
-        _write_manifest(tmp / MANIFEST_NAME, manifest)
+        write_manifest(tmp / MANIFEST_NAME, manifest)
     return ShardSet(brace_url(out_dir / SHARD_DIR, shards.num_shards), shards.num_shards, shards.keys)
 
 
@@ -142,30 +144,3 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
         )
     manifest = read_manifest(poison_dir / MANIFEST_NAME)
     return PoisonSet(samples, manifest)
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """The rows of a ``manifest.jsonl``: one JSON object with a ``poison_key`` a line (else UsageError)."""
-    try:  # decoding happens while the file is iterated: the whole read is in here
-        with open(path, encoding="utf-8") as f:
-            lines = list(f)
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: not UTF-8 text ({err}), so not a manifest.jsonl") from err
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise UsageError(f"{path}, line {number}: not JSON ({err})") from err
-        if not isinstance(row, dict) or "poison_key" not in row:
-            raise UsageError(f"{path}, line {number}: a manifest row needs a poison_key")
-        rows.append(row)
-    return rows
-
-
-def _write_manifest(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on a labelled test CSV (or shards with labels in their JSON), or on an
     ImageFolder directory such as ImageNet-val."""
     from poisonclip.cli.train import note_resized
+    from poisonclip.data.prompts import resolve_templates
     from poisonclip.data.reading import read_test_set
-    from poisonclip.evaluate.zeroshot import resolve_templates
     from poisonclip.train.checkpoint import load_checkpoint
     from poisonclip.train.model import image_size_of
 

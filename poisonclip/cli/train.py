@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     and poisonclip evaluate load."""
     from poisonclip.data.reading import read_datasets
     from poisonclip.detect.loss_tracking import LOSS_RECORD_NAME, LossTracker, save_loss_record
-    from poisonclip.experiments.trial import train_model
+    from poisonclip.train.fit import train_model
     from poisonclip.train.launch import pretrained_elsewhere
     from poisonclip.train.loop import check_device
     from poisonclip.train.model import check_pretrained, get_model_config, image_size_of, resolve_pretrained

@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from poisonclip.data.dataset import CSV_SEPARATOR, IMAGE_COLUMN
+from poisonclip.data.manifest import MANIFEST_NAME, POISON_KEY_PREFIX, SHARD_DIR
 from poisonclip.errors import UsageError
 
 
@@ -79,7 +80,6 @@ def _header_size(file: Path | io.BytesIO) -> tuple[int, int] | None:
 
 def _lists_patches(folder: Path) -> bool:
     """Whether ``folder`` holds a ``manifest.jsonl`` of backdoor poisons (its rows list patches)."""
-    from poisonclip.attacks.poison_set import MANIFEST_NAME  # attacks import data: lazily
 
     try:
         with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
@@ -93,7 +93,6 @@ def carries_trigger(source: str) -> bool:
     """Whether one ``--data`` source (a CSV, or one ``::`` part of shards) is a poison set written
     by ``poison backdoor``: its manifest lies beside it and lists patches (targeted poisons carry
     no trigger, and resize like clean data)."""
-    from poisonclip.attacks.poison_set import SHARD_DIR  # attacks import data: lazily
 
     here = Path(os.path.dirname(source.split("{")[0]))  # CSV or shards folder
     if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
@@ -116,7 +115,6 @@ def poison_rows_size(
     ``None``: the poison rows of a ``poison ... --merged-csv`` file (or any CSV that lists a poison
     set's images), recognised by where their images lie, ``SET/poison/NAME.png`` beside the set's
     ``manifest.jsonl``. One pass over the rows; each image folder is looked at once."""
-    from poisonclip.attacks.poison_set import POISON_KEY_PREFIX  # attacks import data: lazily
     from poisonclip.data.wds import is_shard_url
 
     path = Path(source)

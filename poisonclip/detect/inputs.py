@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from poisonclip.attacks.poison_set import read_manifest
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.manifest import read_manifest
 from poisonclip.data.reading import read_datasets
 from poisonclip.detect.registry import detector_params
 from poisonclip.detect.scoring import poison_labels

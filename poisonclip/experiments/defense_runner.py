@@ -48,8 +48,8 @@ from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
 from poisonclip.evaluate.targeted_suite import evaluate_targeted
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.experiments.targeted_trial import poison_targets
-from poisonclip.experiments.trial import train_model
 from poisonclip.keys import config_dict
+from poisonclip.train.fit import train_model
 from poisonclip.train.model import context_length_of, get_model_config
 
 if TYPE_CHECKING:

@@ -28,20 +28,21 @@ from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
 from poisonclip.attacks.patch import PLACEMENTS, check_patch, patch_area_fraction
 from poisonclip.attacks.targeted import CAPTION_SOURCES
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.prompts import resolve_templates
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe
-from poisonclip.evaluate.zeroshot import resolve_templates
 from poisonclip.experiments.targeted_trial import (
     TargetedPoisoning,
     evaluate_trained_targeted,
     poison_targets,
 )
-from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
+from poisonclip.experiments.trial import evaluate_trained_backdoor
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.registry import Registry
 from poisonclip.train.config import TrainConfig
+from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class BackdoorParams:
     patch_size: int = 4  # checkerboard side in pixels
     placement: str = "consistent"  # where the poisons carry the patch: upper-left or random
     eval_placement: str = "consistent"  # where the test images carry it (evaluation only)
-    # zero-shot prompts (evaluation only): a set name (poisonclip.evaluate.zeroshot) or a file
+    # zero-shot prompts (evaluation only): a set name (poisonclip.data.prompts) or a file
     eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
