@@ -8,52 +8,18 @@ nor scikit-learn, and no subpackage needs the package root (the layers: README's
 
 from __future__ import annotations
 
-import importlib
-
 from poisonclip._version import __version__ as __version__
+from poisonclip.lazy import lazy_exports
 
-# each name in __all__ -> the module that defines it (a subpackage: itself)
-_SOURCES = {
-    "TrainConfig": "poisonclip.train",
-    "UsageError": "poisonclip.errors",
-    "attacks": "poisonclip.attacks",
-    "data": "poisonclip.data",
-    "evaluate": "poisonclip.evaluate",
-    "experiments": "poisonclip.experiments",
-    "load_checkpoint": "poisonclip.train",
-    "make_backdoor": "poisonclip.attacks",
-    "make_synthetic": "poisonclip.data",
-    "read_csv_dataset": "poisonclip.data",
-    "train": "poisonclip.train",
-    "train_clip": "poisonclip.train",
-    "write_synthetic": "poisonclip.data",
-}
-
-__all__ = [
-    "TrainConfig",
-    "UsageError",
-    "attacks",
-    "data",
-    "evaluate",
-    "experiments",
-    "load_checkpoint",
-    "make_backdoor",
-    "make_synthetic",
-    "read_csv_dataset",
-    "train",
-    "train_clip",
-    "write_synthetic",
-]
-
-
-def __getattr__(name: str) -> object:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_SOURCES[name])
-    value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# each module (a subpackage: itself) -> the names of __all__ it defines
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.attacks": ("attacks", "make_backdoor"),
+        "poisonclip.data": ("data", "make_synthetic", "read_csv_dataset", "write_synthetic"),
+        "poisonclip.errors": ("UsageError",),
+        "poisonclip.evaluate": ("evaluate",),
+        "poisonclip.experiments": ("experiments",),
+        "poisonclip.train": ("TrainConfig", "load_checkpoint", "train", "train_clip"),
+    },
+)
