@@ -29,9 +29,10 @@ from timing import machine, synthetic_dataset
 
 from poisonclip.data import ImageTextDataset
 from poisonclip.train.config import TrainConfig, load_preset
-from poisonclip.train.loop import ClipObjective, TrainStats, train_clip
+from poisonclip.train.loop import TrainStats, train_clip
 from poisonclip.train.many import pick_method, train_many
 from poisonclip.train.model import create_model, get_model_config, tokenize
+from poisonclip.train.objectives import ClipObjective
 
 METHODS = ("sequential", "processes", "grouped", "grouped-processes")
 Timings = dict[tuple[int, str], tuple[float, list[TrainStats]]]

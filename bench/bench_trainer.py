@@ -38,9 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from poisonclip.data.dataset import read_csv_dataset
 from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
 from poisonclip.train.config import TrainConfig, load_preset
-from poisonclip.train.loop import normalize_images, train_clip
+from poisonclip.train.loop import train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
 from poisonclip.train.open_clip_backend import OpenClipRun, launch, open_clip_args, torchrun_command
+from poisonclip.train.preprocess import normalize_images
 
 CHILD_FLAG = "--open-clip-child"
 LOG_EVERY = 10  # steps between open_clip_train's log records (each costs a loss.item())

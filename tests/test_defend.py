@@ -26,8 +26,8 @@ from poisonclip.defend import (
 from poisonclip.detect import poison_labels
 from poisonclip.errors import UsageError
 from poisonclip.train import load_checkpoint, load_preset, save_checkpoint, train_model
-from poisonclip.train.loop import clip_loss_per_sample
 from poisonclip.train.model import create_model, get_model_config, tokenize
+from poisonclip.train.objectives import Batch, clip_loss_per_sample
 
 TINY = load_preset("tiny")
 
@@ -174,25 +174,23 @@ def test_the_bank_starts_random_and_is_a_fifo_queried_before_the_batch_enters():
 def test_roclip_fills_its_pool_only_on_matching_epochs_and_counts_own_class_matches():
     classes = {"image_classes": torch.tensor([0, 1]), "caption_classes": torch.tensor([1, 1])}
     objective = RoClipObjective(pool_size=2, break_epoch=2, augment_image=identity, seed=0, **classes)
-    images, tokens, ids = (
-        torch.zeros(2, 3, 2, 2, dtype=torch.uint8),
-        torch.zeros(2, 4, dtype=torch.long),
-        torch.arange(2),
+    batch = Batch(
+        torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.long), torch.arange(2)
     )
     own = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.1, 1.0, 0.0]]), dim=1)
     model = FixedModel(own, own)
-    plain = objective(model, images, tokens, ids, epoch=0)  # epoch 1: not matching, the pool stays random
+    plain = objective(model, batch, epoch=0)  # epoch 1: not matching, the pool stays random
     assert torch.allclose(plain, clip_loss_per_sample(own, own, torch.tensor(1.0)))
     assert objective.pool.ids is None and not objective.matching(0) and objective.matching(1)
     start = torch.nn.functional.normalize(
         torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), dim=1
     )
     # Epoch 2 matches: the images meet the random start (queried before the batch enters) ...
-    losses = objective(model, images, tokens, ids, epoch=1)
+    losses = objective(model, batch, epoch=1)
     partners = start[(own @ start.T).argmax(dim=1)]
     assert torch.allclose(losses, clip_loss_per_sample(own, partners, torch.tensor(1.0)))
     assert sorted(objective.pool.ids.tolist()) == [0, 1]  # ... then the batch's captions entered
-    objective(model, images, tokens, ids, epoch=1)  # each image now meets its own caption's entry
+    objective(model, batch, epoch=1)  # each image now meets its own caption's entry
     assert objective.matching_record() == [{"epoch": 2, "own_class_share": 0.25, "random_share": 0.5}]
 
 

@@ -22,8 +22,9 @@ from poisonclip.detect import (
 from poisonclip.detect.knn import nearest_neighbours, over_batches
 from poisonclip.errors import UsageError
 from poisonclip.train import load_preset, train_clip
-from poisonclip.train.loop import clip_loss_per_sample, normalize_images
 from poisonclip.train.model import create_model, get_model_config, tokenize
+from poisonclip.train.objectives import clip_loss_per_sample
+from poisonclip.train.preprocess import normalize_images
 
 # 1,016 clean pairs and 8 plants: in the default batches of 128, one plant a batch on average,
 # and each clean pair has ~25 same-class images and captions in its batch (more than k + 1).

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.safeclip import CrossmodalObjective, InmodalObjective
 from poisonclip.detect.loss_tracking import LossTracker
-from poisonclip.train.objectives import CleanClipObjective
+from poisonclip.train.objectives import Batch, CleanClipObjective
 
 N, B, L, SIZE, DIM, VOCAB = 12, 4, 6, 8, 5, 20
 GPU = torch.device("cuda", 0)  # a fake one: nothing runs on a GPU
@@ -58,8 +58,8 @@ def fake_gpu():
         images = torch.zeros(N, 3, SIZE, SIZE, dtype=torch.uint8)
         tokens = torch.zeros(N, L, dtype=torch.long)
 
-        def batch(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return images[ids].to(GPU), tokens[ids].to(GPU), ids.to(GPU)
+        def batch(ids: torch.Tensor) -> Batch:
+            return Batch(images[ids].to(GPU), tokens[ids].to(GPU), ids.to(GPU))
 
         yield model, images, tokens, batch
 
@@ -69,7 +69,7 @@ def test_cleanclip_picks_fixed_caption_edits_in_cpu_memory_for_a_gpu_batch(fake_
     objective = CleanClipObjective(flip, aug_tokens=tokens.clone())
     objective.start_epoch(model, 0, images, tokens)  # the edits stay beside the training set
     assert objective.aug_tokens.device.type == "cpu"
-    losses = objective(model, *batch(torch.arange(B)), 0)
+    losses = objective(model, batch(torch.arange(B)), 0)
     assert losses.shape == (B,) and losses.device == GPU
     assert model.seen and all(device == GPU for device in model.seen)
 
@@ -84,7 +84,7 @@ def test_safeclip_picks_second_caption_views_in_cpu_memory_for_a_gpu_batch(fake_
     objective.second = tokens.clone()
     objective.start_epoch(model, 0, images, tokens)
     assert objective.second.device.type == "cpu"
-    losses = objective(model, *batch(torch.arange(B)), 0)
+    losses = objective(model, batch(torch.arange(B)), 0)
     assert losses.shape == (B,) and losses.device == GPU
     assert model.seen and all(device == GPU for device in model.seen)
 
@@ -104,7 +104,7 @@ def test_on_one_device_nothing_moves():
     objective = CleanClipObjective(flip, aug_tokens=tokens.clone())
     objective.start_epoch(model, 0, images, tokens)
     ids = torch.arange(B)
-    assert torch.isfinite(objective(model, images[ids], tokens[ids], ids, 0)).all()
+    assert torch.isfinite(objective(model, Batch(images[ids], tokens[ids], ids), 0)).all()
     tracker = LossTracker(N, epochs=1, batch_size=B)
     tracker(model, 0, images, tokens)
     assert torch.isfinite(tracker.mean()).all()

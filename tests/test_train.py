@@ -12,7 +12,8 @@ from poisonclip.train import (
     load_preset,
     train_model,
 )
-from poisonclip.train.loop import autocast_dtype, lr_at
+from poisonclip.train.loop import autocast_dtype
+from poisonclip.train.optim import lr_at
 
 TINY = load_preset("tiny")
 

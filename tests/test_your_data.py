@@ -470,7 +470,7 @@ def test_a_pretrained_start_keeps_its_own_image_mean_and_std(
     from open_clip_train.params import parse_args
 
     from poisonclip.evaluate.embeddings import encode_images
-    from poisonclip.train import loop
+    from poisonclip.train import objectives, preprocess
     from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
     from poisonclip.train.grouped import groupable
     from poisonclip.train.many import _rebuild
@@ -483,26 +483,30 @@ def test_a_pretrained_start_keeps_its_own_image_mean_and_std(
     assert (cfg["preprocess_cfg"]["mean"], cfg["preprocess_cfg"]["std"]) == tuple(
         map(list, openai)
     )  # as before
-    assert loop.image_stats(create_model(model_config)) == openai and groupable(create_model(model_config))
+    assert preprocess.image_stats(create_model(model_config)) == openai and groupable(
+        create_model(model_config)
+    )
     # a local model whose open_clip config carries SigLIP's values
     shutil.copytree(scratch, tmp_path / "siglip")
     cfg["preprocess_cfg"].update(mean=[0.5] * 3, std=[0.5] * 3)
     (tmp_path / "siglip" / "open_clip_config.json").write_text(json.dumps(cfg))
     weights = tmp_path / "siglip" / "open_clip_model.safetensors"
-    assert loop.pretrained_image_stats(config.model, str(weights)) == SIGLIP_STATS
-    assert loop.pretrained_image_stats("ViT-B-16-SigLIP", "webli") == SIGLIP_STATS  # a tag's config
-    assert loop.pretrained_image_stats("ViT-B-32", "laion2b_s34b_b79k") == openai
+    assert preprocess.pretrained_image_stats(config.model, str(weights)) == SIGLIP_STATS
+    assert preprocess.pretrained_image_stats("ViT-B-16-SigLIP", "webli") == SIGLIP_STATS  # a tag's config
+    assert preprocess.pretrained_image_stats("ViT-B-32", "laion2b_s34b_b79k") == openai
     start = initial_model(config.replace(pretrained=str(weights)), model_config)
     images = small_train.images[:8]
-    assert loop.image_stats(start) == SIGLIP_STATS and not groupable(start)  # grouped: OpenAI's only
-    assert torch.allclose(loop.normalize_images(images, start), images.float() / 255 * 2 - 1)
+    assert preprocess.image_stats(start) == SIGLIP_STATS and not groupable(start)  # grouped: OpenAI's only
+    assert torch.allclose(preprocess.normalize_images(images, start), images.float() / 255 * 2 - 1)
     rebuilt = _rebuild(config.replace(pretrained=str(weights)), start.state_dict(), None)[0]  # sweeps
-    assert loop.image_stats(rebuilt) == SIGLIP_STATS
+    assert preprocess.image_stats(rebuilt) == SIGLIP_STATS
 
     seen = set()  # the mean and std every training step standardised with
-    original = loop.normalize_images
+    original = preprocess.normalize_images
     monkeypatch.setattr(
-        loop, "normalize_images", lambda x, m=None: seen.add(loop.image_stats(m)) or original(x, m)
+        objectives,
+        "normalize_images",
+        lambda x, m=None: seen.add(preprocess.image_stats(m)) or original(x, m),
     )
     assert run_quiet(["train", "--data", small_data_dir / "train.csv", "--out", tmp_path / "ft", "--preset",
                       "tiny", "--pretrained", weights, "--no-progress"])[0] == 0  # fmt: skip
@@ -510,7 +514,7 @@ def test_a_pretrained_start_keeps_its_own_image_mean_and_std(
     saved = json.loads((tmp_path / "ft" / "open_clip_config.json").read_text())["preprocess_cfg"]
     assert (saved["mean"], saved["std"]) == ([0.5] * 3, [0.5] * 3)
     model, _ = load_checkpoint(tmp_path / "ft")  # evaluation reads them back
-    assert loop.image_stats(model) == SIGLIP_STATS
+    assert preprocess.image_stats(model) == SIGLIP_STATS
     with torch.inference_mode():
         expected = model.encode_image(images.float() / 255 * 2 - 1, normalize=True)
     assert torch.allclose(encode_images(model, images), expected, atol=1e-5)

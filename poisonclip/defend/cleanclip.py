@@ -32,9 +32,10 @@ from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_
 from poisonclip.defend.roclip import OFFICIAL_ADAM
 from poisonclip.errors import UsageError
 from poisonclip.train.augment import CaptionAugment, ImageAugment
-from poisonclip.train.loop import make_optimizer, train_clip
+from poisonclip.train.loop import train_clip
 from poisonclip.train.model import get_model_config, tokenize
 from poisonclip.train.objectives import CleanClipObjective, clip_validation_loss
+from poisonclip.train.optim import make_optimizer
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.errors import UsageError
 from poisonclip.train.augment import CaptionAugment, ImageAugment
-from poisonclip.train.loop import clip_loss_per_sample, make_optimizer, normalize_images, train_clip
+from poisonclip.train.loop import train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
-from poisonclip.train.objectives import ImageAugmenter
+from poisonclip.train.objectives import Batch, ImageAugmenter, Objective, clip_loss_per_sample
+from poisonclip.train.optim import make_optimizer
+from poisonclip.train.preprocess import normalize_images
 
 OFFICIAL_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8}  # RoCLIP's, SafeCLIP's and CleanCLIP's AdamW
 
@@ -81,7 +83,7 @@ def image_classes(dataset: ImageTextDataset, classnames: Sequence[str]) -> torch
     return remap[dataset.labels]  # label -1 picks the trailing -1
 
 
-class RoClipObjective:
+class RoClipObjective(Objective):
     """CLIP loss on augmented images and (fixed-edit) captions; on matching epochs each image is
     paired with its nearest pool caption instead.
 
@@ -116,14 +118,8 @@ class RoClipObjective:
                 f"roclip's pool ({self.pool.size}) must be much smaller than the dataset ({images.shape[0]})"
             )
 
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        ids: torch.Tensor,
-        epoch: int,
-    ) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        images, tokens, ids = batch
         image_features = model.encode_image(
             normalize_images(self.augment_image(images), model), normalize=True
         )

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
@@ -62,9 +61,17 @@ from poisonclip.errors import UsageError
 from poisonclip.evaluate.embeddings import encode_texts
 from poisonclip.train.augment import CaptionAugment, ImageAugment
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import lr_at, make_optimizer, train_clip
+from poisonclip.train.loop import train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
-from poisonclip.train.objectives import ImageAugmenter, Views, encode_views
+from poisonclip.train.objectives import (
+    Batch,
+    ImageAugmenter,
+    Objective,
+    Views,
+    encode_views,
+    symmetric_cross_entropy,
+)
+from poisonclip.train.optim import lr_at, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def full_batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator)
     return ids[torch.arange(count) % len(ids)]
 
 
-class _TwoViews:
+class _TwoViews(Objective):
     """Encodes a batch's two views: images augmented twice afresh, captions as their first and
     second fixed edits (``second`` [M, L], rows = the rows trained on)."""
 
@@ -123,13 +130,14 @@ class _TwoViews:
         self.augment_image = augment_image
         self.second: torch.Tensor | None = None
 
-    def start_epoch(self, model, epoch, images, tokens) -> None:
+    def start_epoch(
+        self, model: torch.nn.Module, epoch: int, images: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
         assert self.second is not None, "the pass sets the second caption views first"
         self.second = self.second.to(tokens.device)
 
-    def views(
-        self, model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor
-    ) -> Views:
+    def views(self, model: torch.nn.Module, batch: Batch) -> Views:
+        images, tokens, ids = batch
         aug = self.augment_image  # second views: rows picked where they are, used on the batch's device
         second = self.second[ids.to(self.second.device)].to(tokens.device)
         return encode_views(model, aug(images), tokens, aug(images), second)
@@ -145,35 +153,29 @@ class InmodalObjective(_TwoViews):
         super().__init__(augment_image)
         self.banks = banks
 
-    def __call__(self, model, images, tokens, ids, epoch) -> torch.Tensor:
-        views = self.views(model, images, tokens, ids)
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        views = self.views(model, batch)
         image_bank, text_bank = self.banks
         image_nn, _ = image_bank.nearest(views.image)
         text_nn, _ = text_bank.nearest(views.text)
-        image_bank.push(views.image, ids)
-        text_bank.push(views.text, ids)
+        image_bank.push(views.image, batch.ids)
+        text_bank.push(views.text, batch.ids)
         scale = model.logit_scale.exp()
         image_logits = scale * views.aug_image @ image_nn.to(views.image.dtype).T  # [B, B]
         text_logits = scale * views.aug_text @ text_nn.to(views.text.dtype).T
-        return _symmetric_ce(image_logits, text_logits)
+        return symmetric_cross_entropy(image_logits, text_logits)
 
 
 class CrossmodalObjective(_TwoViews):
     """The CLIP loss across views per sample [B]: image view 1 against caption views 2, caption
     view 1 against image views 2 (their ``cross_aug``)."""
 
-    def __call__(self, model, images, tokens, ids, epoch) -> torch.Tensor:
-        views = self.views(model, images, tokens, ids)
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        views = self.views(model, batch)
         scale = model.logit_scale.exp()
-        return _symmetric_ce(scale * views.image @ views.aug_text.T, scale * views.text @ views.aug_image.T)
-
-
-def _symmetric_ce(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """½[CE(first) + CE(second)] per row [B] of two [B, B] logit matrices whose positives are diagonal."""
-    labels = torch.arange(first.shape[0], device=first.device)
-    return 0.5 * (
-        F.cross_entropy(first, labels, reduction="none") + F.cross_entropy(second, labels, reduction="none")
-    )
+        return symmetric_cross_entropy(
+            scale * views.image @ views.aug_text.T, scale * views.text @ views.aug_image.T
+        )
 
 
 # on_pass(loss, dataset ids [B]) for every batch: "inmodal" or "clip" (for tests and diagnostics)

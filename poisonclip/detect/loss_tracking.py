@@ -44,7 +44,8 @@ class LossTracker:
         """After epoch ``epoch``: ``images`` uint8 [N, 3, H, W], ``tokens`` [N, L] (the training set)."""
         if epoch >= self.epochs:
             return
-        from poisonclip.train.loop import clip_loss_per_sample, normalize_images
+        from poisonclip.train.objectives import clip_loss_per_sample
+        from poisonclip.train.preprocess import normalize_images
 
         model.eval()
         device = next(model.parameters()).device  # the training set may stay in CPU memory

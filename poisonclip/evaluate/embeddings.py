@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from poisonclip.train.loop import normalize_images
 from poisonclip.train.parallel import map_slices
+from poisonclip.train.preprocess import normalize_images
 
 
 def encode_images(

@@ -21,8 +21,9 @@ from safetensors.torch import save
 from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import TrainStats, image_stats
+from poisonclip.train.loop import TrainStats
 from poisonclip.train.model import image_size_of
+from poisonclip.train.preprocess import image_stats
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"

@@ -13,8 +13,9 @@ from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.train.checkpoint import load_checkpoint_as, save_checkpoint
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import BatchCallback, EpochCallback, Objective, TrainStats, train_clip
+from poisonclip.train.loop import BatchCallback, EpochCallback, TrainStats, train_clip
 from poisonclip.train.model import get_model_config, initial_model, tokenize
+from poisonclip.train.objectives import Objective
 
 
 def train_model(

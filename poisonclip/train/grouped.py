@@ -29,16 +29,9 @@ from open_clip.transformer import LayerNorm, ResidualAttentionBlock, VisionTrans
 from poisonclip.errors import UsageError
 from poisonclip.progress import progress_bar
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import (
-    TrainStats,
-    autocast_dtype,
-    batch_to,
-    image_stats,
-    lr_at,
-    make_optimizer,
-    normalize_images,
-    resolve_device,
-)
+from poisonclip.train.loop import TrainStats, autocast_dtype, batch_to, resolve_device
+from poisonclip.train.optim import lr_at, make_optimizer
+from poisonclip.train.preprocess import image_stats, normalize_images
 
 BLOCK = (  # parameters of one open_clip ResidualAttentionBlock
     "ln_1.weight",

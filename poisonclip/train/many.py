@@ -31,15 +31,10 @@ from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.grouped import groupable, train_grouped
-from poisonclip.train.loop import (
-    TrainStats,
-    pretrained_image_stats,
-    resolve_device,
-    set_image_stats,
-    train_clip,
-)
+from poisonclip.train.loop import TrainStats, resolve_device, train_clip
 from poisonclip.train.model import create_model, get_model_config, initial_model, tokenize
 from poisonclip.train.parallel import run_in_processes
+from poisonclip.train.preprocess import pretrained_image_stats, set_image_stats
 
 METHODS = ("auto", "sequential", "grouped", "processes", "grouped-processes")
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 
 from poisonclip.errors import UsageError
 from poisonclip.train.config import list_model_configs
+from poisonclip.train.preprocess import pretrained_image_stats, set_image_stats
 
 if TYPE_CHECKING:
     from poisonclip.train.config import TrainConfig
@@ -87,8 +88,6 @@ def create_model(model_config: dict, seed: int = 0) -> open_clip.CLIP:
 def initial_model(config: TrainConfig, model_config: dict) -> torch.nn.Module:
     """The model that training starts from: ``config.pretrained``'s weights (and the image mean and
     std they were trained with, ``pretrained_image_stats``), else fresh from ``config.seed``."""
-    from poisonclip.train.loop import pretrained_image_stats, set_image_stats  # loop: no cycle, lazily
-
     model = create_model(model_config, seed=config.seed)
     if config.pretrained:
         load_pretrained(model, config.model, config.pretrained)

@@ -1,20 +1,79 @@
-"""Objectives beyond the plain CLIP loss: augmented views and in-modal (self-supervised) losses.
+"""What the training loop minimises: per-sample losses [B] of a batch. The plain CLIP loss, and the
+objectives the defenses (``poisonclip.defend``) are built from: augmented views, in-modal losses.
 
-Each objective gives per-sample losses [B] for a batch and plugs into ``train_clip`` unchanged
-(``poisonclip.train.loop.Objective``); the defenses (``poisonclip.defend``) are built from these.
+Each objective plugs into ``train_clip`` unchanged (``Objective``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from poisonclip.train.loop import clip_loss_per_sample, normalize_images
+from poisonclip.train.preprocess import normalize_images
 
 ImageAugmenter = Callable[[torch.Tensor], torch.Tensor]  # uint8 [B, 3, H, W] -> same shape
+
+
+class Batch(NamedTuple):
+    """One training batch: ``images`` uint8 [B, 3, H, W], ``tokens`` [B, L] and the samples' ``ids``
+    [B] (their rows in the training set), on the model's device."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    ids: torch.Tensor
+
+
+def symmetric_cross_entropy(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """½[CE(first) + CE(second)] per row [B] of two [B, B] logit matrices whose positives are diagonal."""
+    labels = torch.arange(first.shape[0], device=first.device)
+    return 0.5 * (
+        F.cross_entropy(first, labels, reduction="none") + F.cross_entropy(second, labels, reduction="none")
+    )
+
+
+def clip_loss_per_sample(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE per sample [B]; its mean is ``open_clip.ClipLoss``.
+
+    ``image_features`` and ``text_features`` [B, D], unit norm; sample i's positive is pair i and
+    its negatives are the batch's other pairs: ½[CE(image_i → texts) + CE(text_i → images)].
+    """
+    logits = logit_scale * image_features @ text_features.T  # [B, B]
+    return symmetric_cross_entropy(logits, logits.T)
+
+
+def encode_batch(
+    model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm embeddings [B, D] of ``images`` uint8 [B, 3, H, W] and of ``tokens`` [B, L]."""
+    image_features = model.encode_image(normalize_images(images, model), normalize=True)
+    return image_features, model.encode_text(tokens, normalize=True)
+
+
+class Objective(Protocol):
+    """What the loop minimises: per-sample losses [B] of a batch (defenses plug in their own)."""
+
+    def start_epoch(
+        self, model: torch.nn.Module, epoch: int, images: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
+        """Called before each epoch with the whole training set (e.g. to re-split it); by default
+        nothing."""
+
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        """Losses [B] of ``batch``."""
+
+
+class ClipObjective(Objective):
+    """The plain CLIP loss on each batch: the default objective."""
+
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        image_features, text_features = encode_batch(model, batch.images, batch.tokens)
+        return clip_loss_per_sample(image_features, text_features, model.logit_scale.exp())
 
 
 @dataclass(frozen=True)
@@ -50,16 +109,12 @@ def encode_views(
 def inmodal_loss_per_sample(views: Views, logit_scale: torch.Tensor) -> torch.Tensor:
     """CleanCLIP's in-modal term per sample [B]: ½[CE(image_i → augmented images) + CE(caption_i →
     augmented captions)]; sample i's negatives are the other samples' augmented views."""
-    labels = torch.arange(views.image.shape[0], device=views.image.device)
     image_logits = logit_scale * views.image @ views.aug_image.T  # [B, B]
     text_logits = logit_scale * views.text @ views.aug_text.T
-    return 0.5 * (
-        F.cross_entropy(image_logits, labels, reduction="none")
-        + F.cross_entropy(text_logits, labels, reduction="none")
-    )
+    return symmetric_cross_entropy(image_logits, text_logits)
 
 
-class CleanClipObjective:
+class CleanClipObjective(Objective):
     """``clip_weight`` · CLIP loss + ``inmodal_weight`` · in-modal loss, per sample (CleanCLIP, ICCV'23).
 
     As CleanCLIP's data loader: the second view of an image is drawn afresh every step, the second
@@ -82,14 +137,8 @@ class CleanClipObjective:
     ) -> None:
         self.aug_tokens = self.aug_tokens.to(tokens.device)
 
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        ids: torch.Tensor,
-        epoch: int,
-    ) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        images, tokens, ids = batch
         # The fixed edits stay where the training set is (CPU memory with --no-data-on-device): rows
         # picked there with the ids, then moved to the batch's (the model's) device.
         aug_tokens = self.aug_tokens[ids.to(self.aug_tokens.device)].to(tokens.device)
@@ -112,10 +161,8 @@ def clip_validation_loss(
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, images.shape[0] - batch_size + 1, batch_size):
-            image = model.encode_image(
-                normalize_images(images[start : start + batch_size].to(device), model), normalize=True
-            )
-            text = model.encode_text(tokens[start : start + batch_size].to(device), normalize=True)
+            rows = slice(start, start + batch_size)
+            image, text = encode_batch(model, images[rows].to(device), tokens[rows].to(device))
             total += clip_loss_per_sample(image.float(), text.float(), model.logit_scale.exp()).sum().item()
             count += batch_size
     model.train(was_training)

@@ -38,8 +38,9 @@ from poisonclip.data.wds import is_shard_url
 from poisonclip.errors import UsageError
 from poisonclip.train.checkpoint import save_checkpoint
 from poisonclip.train.config import TrainConfig
-from poisonclip.train.loop import image_stats, pretrained_image_stats, resolve_device, set_image_stats
+from poisonclip.train.loop import resolve_device
 from poisonclip.train.model import check_pretrained, create_model, get_model_config, list_model_configs
+from poisonclip.train.preprocess import image_stats, pretrained_image_stats, set_image_stats
 
 LAUNCHER_MODULE = "poisonclip.train.open_clip_backend"
 # open_clip_train's training transform is RandomResizedCrop(scale=(0.9, 1.0), bicubic): even an
