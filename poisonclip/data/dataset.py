@@ -140,6 +140,45 @@ def load_image(source: Path | BinaryIO, image_size: int | None) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+class DecodedSamples:
+    """Samples decoded one at a time (image uint8 [H, W, 3], caption, label cell), gathered into an
+    ``ImageTextDataset`` by the CSV and shard readers. Every image must have the first one's shape."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.arrays: list[np.ndarray] = []
+        self.captions: list[str] = []
+        self.cells: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: str, array: np.ndarray, caption: str, cell: str | None) -> None:
+        if self.arrays and array.shape != self.arrays[0].shape:
+            raise UsageError(
+                f"{key}: image shape {array.shape} differs from {self.arrays[0].shape}: images of "
+                "several sizes need a size to resize them to (the model's input size: --image-size, "
+                "or image_size in Python)"
+            )
+        self.keys.append(key)
+        self.arrays.append(array)
+        self.captions.append(caption)
+        self.cells.append(cell)
+
+    def to_dataset(
+        self,
+        where: str,
+        skipped: list[tuple[str, str]],
+        classnames: Sequence[str] | None,
+        classnames_source: str,
+    ) -> ImageTextDataset:
+        """The samples with their label cells resolved (``resolve_labels``; ``where`` names the
+        source in its errors) and ``skipped`` listed."""
+        labels, names = resolve_labels(self.cells, self.keys, where, classnames, classnames_source)
+        images = torch.from_numpy(np.stack(self.arrays)).permute(0, 3, 1, 2).contiguous()
+        return ImageTextDataset(self.keys, images, self.captions, labels, skipped, names)
+
+
 def read_csv_dataset(
     csv_path: str | Path,
     image_size: int | None = None,
@@ -174,7 +213,7 @@ def read_csv_dataset(
                 f"{csv_path}: no column {column!r} (columns: {', '.join(fieldnames)}; separator {sep!r})"
             )
     has_labels = label_column is not None and label_column in fieldnames
-    keys, arrays, captions, cells, skipped = [], [], [], [], []
+    decoded, skipped = DecodedSamples(), []
     for row in progress_bar(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
         key, caption = row[image_column], (row[caption_column] or "").strip()
         if not caption:
@@ -186,27 +225,16 @@ def read_csv_dataset(
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad files
             skipped.append((key, f"{type(err).__name__}: {err}"))
             continue
-        if arrays and array.shape != arrays[0].shape:
-            raise UsageError(
-                f"{key}: image shape {array.shape} differs from {arrays[0].shape}: images of "
-                "several sizes need a size to resize them to (the model's input size: --image-size, "
-                "or image_size in Python)"
-            )
-        keys.append(key)
-        arrays.append(array)
-        captions.append(caption)
-        cells.append(row[label_column] if has_labels else None)
+        decoded.add(key, array, caption, row[label_column] if has_labels else None)
     if skipped:
         warnings.warn(
             f"{csv_path}: skipped {len(skipped)} of {len(rows)} samples "
             f"(first: {skipped[0][0]}: {skipped[0][1]})",
             stacklevel=2,
         )
-    if not keys:
+    if not decoded:
         raise UsageError(f"{csv_path}: no readable samples")
-    labels, names = resolve_labels(cells, keys, str(csv_path), classnames, classnames_source)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTextDataset(keys, images, captions, labels, skipped, names)
+    return decoded.to_dataset(str(csv_path), skipped, classnames, classnames_source)
 
 
 def resolve_labels(

@@ -1,15 +1,6 @@
-"""Webdataset shards in img2dataset's layout: write, read, scan captions, fetch chosen samples.
-
-The layout (img2dataset ``--output_format webdataset``)::
-
-    00000.tar          KEY.jpg|png|webp (image), KEY.txt (caption), KEY.json (metadata)
-    00000.parquet      one row per sample: key, caption, status, width, height, ...
-    00000_stats.json   counts for the shard
-    00001.tar ...
-
-Keys are the shard number (5 digits) followed by the index inside the shard, so they are unique
-over a shard set. URLs are brace patterns (``shards/{00000..00331}.tar``); several sources are
-joined with ``::``, as open_clip_train accepts them.
+"""Webdataset shards in img2dataset's layout: read, scan captions, fetch chosen samples; the one
+import for shard users (the shard URLs' helpers, ``poisonclip.data.shard_urls``, and the writer,
+``poisonclip.data.shard_writer``, are importable from here too).
 
 Reading goes through the ``webdataset`` library one shard at a time, so that every fault is
 attributed to its shard. Faults (a truncated or undecodable image, a sample without caption or
@@ -20,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,160 +20,35 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from poisonclip.data.captions import search_captions
-from poisonclip.data.dataset import ImageTextDataset, load_image, resolve_labels
-from poisonclip.data.io import atomic_path
+from poisonclip.data.dataset import DecodedSamples, ImageTextDataset, load_image
+from poisonclip.data.shard_urls import (
+    IMAGE_EXTENSIONS,
+    brace_url,
+    expand_urls,
+    is_shard_url,
+    shard_ranges,
+)
+from poisonclip.data.shard_writer import ShardSet, csv_to_shards, write_shards
 from poisonclip.errors import UsageError
 from poisonclip.progress import progress_bar
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")  # what open_clip_train reads
-IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
-SHARD_DIGITS = 5  # img2dataset's shard names: 00000.tar
-
-
-def is_shard_url(data: str) -> bool:
-    """True for webdataset URLs (``dir/{00000..00009}.tar``, ``a.tar::b.tar``), False for CSV files."""
-    return data.endswith(".tar")
-
-
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Shard paths from brace patterns joined with ``::`` (or a list of them), in order.
-
-    Raises ``UsageError`` when no shard of the pattern exists (a mistyped URL); a single missing
-    shard among existing ones is a fault reported by the readers instead.
-    """
-    patterns = [urls] if isinstance(urls, str) else list(urls)
-    expanded = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
-    if not any(Path(url).is_file() for url in expanded):
-        raise UsageError(
-            f"no shard found for {' '.join(patterns)!r} (expected e.g. 'dir/{{00000..00009}}.tar')"
-        )
-    return expanded
-
-
-def brace_url(directory: str | Path, num_shards: int) -> str:
-    """The brace pattern over ``num_shards`` shards named 00000.tar, 00001.tar ... in ``directory``."""
-    last = f"{num_shards - 1:0{SHARD_DIGITS}d}"
-    return f"{directory}/{{{0:0{SHARD_DIGITS}d}..{last}}}.tar"
-
-
-def shard_ranges(urls: Sequence[str]) -> list[str]:
-    """``urls`` (shard paths, in order) as few brace patterns: runs of consecutive shard numbers in
-    one folder become ``dir/{00003..00007}.tar``; any other path stays as it is."""
-    out: list[str] = []
-    run: list[tuple[str, int, int]] = []  # (folder, first, last) of the current run
-
-    def close() -> None:
-        if run:
-            folder, first, last = run.pop()
-            name = f"{first:0{SHARD_DIGITS}d}"
-            span = name if first == last else f"{{{name}..{last:0{SHARD_DIGITS}d}}}"
-            out.append(f"{folder}/{span}.tar" if folder else f"{span}.tar")
-
-    for url in urls:
-        folder, _, name = url.rpartition("/")
-        stem = name.removesuffix(".tar")
-        if not (name.endswith(".tar") and stem.isdigit() and len(stem) == SHARD_DIGITS):
-            close()
-            out.append(url)
-            continue
-        number = int(stem)
-        if run and run[0][0] == folder and run[0][2] == number - 1:
-            run[0] = (folder, run[0][1], number)
-        else:
-            close()
-            run.append((folder, number, number))
-    close()
-    return out
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """Shards as written: ``url`` (brace pattern) over ``num_shards`` tars holding ``keys``."""
-
-    url: str
-    num_shards: int
-    keys: list[str]
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.keys)
-
-
-def write_shards(
-    out_dir: str | Path,
-    samples: ImageTextDataset,
-    samples_per_shard: int = 10_000,
-    image_format: str = "png",
-    metadata: Sequence[dict] | None = None,
-    key_prefix: str = "",
-) -> ShardSet:
-    """Write ``samples`` as img2dataset-layout shards (tar + parquet + stats) into ``out_dir``.
-
-    ``metadata`` (one dict per sample) goes into each ``KEY.json`` and parquet row beside
-    img2dataset's own fields; a known ``label`` (>= 0) is stored too. ``key_prefix`` keeps keys
-    apart from another shard set's (poisons vs the original data). Written atomically.
-    """
-    import pandas as pd  # heavy; only writers and parquet readers need it
-
-    if image_format not in IMAGE_FORMATS:
-        raise UsageError(f"image format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
-    if samples_per_shard < 1:
-        raise UsageError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
-    n = len(samples)
-    if metadata is not None and len(metadata) != n:
-        raise ValueError("need one metadata dict per sample")
-    num_shards = max(1, math.ceil(n / samples_per_shard))
-    index_digits = len(str(samples_per_shard - 1))  # img2dataset: shard digits + index digits
-    images = samples.images.permute(0, 2, 3, 1).numpy()  # [N, H, W, 3]
-    keys: list[str] = []
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for shard in range(num_shards):
-            start = time.time()
-            rows = []
-            name = f"{shard:0{SHARD_DIGITS}d}"
-            with wds.TarWriter(str(tmp / f"{name}.tar")) as tar:
-                for i in range(shard * samples_per_shard, min(n, (shard + 1) * samples_per_shard)):
-                    key = f"{key_prefix}{name}{i - shard * samples_per_shard:0{index_digits}d}"
-                    encoded = io.BytesIO()
-                    Image.fromarray(images[i]).save(encoded, format=IMAGE_FORMATS[image_format])
-                    height, width = images[i].shape[:2]
-                    row = {
-                        "key": key,
-                        "caption": samples.captions[i],
-                        "status": "success",
-                        "error_message": None,
-                        "width": width,
-                        "height": height,
-                        "original_width": width,
-                        "original_height": height,
-                        **({"label": int(samples.labels[i])} if samples.labels[i] >= 0 else {}),
-                        **(metadata[i] if metadata is not None else {}),
-                    }
-                    tar.write(
-                        {
-                            "__key__": key,
-                            image_format: encoded.getvalue(),
-                            "txt": samples.captions[i],
-                            "json": row,
-                        }
-                    )
-                    rows.append(row)
-                    keys.append(key)
-            pd.DataFrame(rows).to_parquet(tmp / f"{name}.parquet", index=False)
-            stats = {
-                "count": len(rows),
-                "successes": len(rows),
-                "failed_to_download": 0,
-                "failed_to_resize": 0,
-                "duration": time.time() - start,
-                "status_dict": {"success": len(rows)},
-            }
-            (tmp / f"{name}_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return ShardSet(brace_url(out_dir, num_shards), num_shards, keys)
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CaptionScan",
+    "ShardSet",
+    "brace_url",
+    "csv_to_shards",
+    "expand_urls",
+    "is_shard_url",
+    "read_scanned_samples",
+    "read_shard_dataset",
+    "scan_captions",
+    "shard_ranges",
+    "write_shards",
+]
 
 
 def _fault_reason(exn: BaseException) -> str:
@@ -268,7 +133,7 @@ def read_shard_dataset(
     """
     shard_urls = expand_urls(urls)
     wanted = None if keys is None else (lambda fname: _member_key(fname) in keys)
-    out_keys, arrays, captions, cells = [], [], [], []
+    decoded = DecodedSamples()
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
     bar = progress_bar(shard_urls, desc="reading shards", unit="shard", disable=not progress)
@@ -281,16 +146,7 @@ def read_shard_dataset(
             except ValueError as err:
                 skipped.append((key, f"{err} (in {Path(url).name})"))
                 continue
-            if arrays and array.shape != arrays[0].shape:
-                raise UsageError(
-                    f"{key}: image shape {array.shape} differs from {arrays[0].shape}: images of "
-                    "several sizes need a size to resize them to (the model's input size: --image-size, "
-                    "or image_size in Python)"
-                )
-            out_keys.append(key)
-            arrays.append(array)
-            captions.append(caption)
-            cells.append(label)
+            decoded.add(key, array, caption, label)
     if keys is not None:
         skipped += [(key, "not found in the shards") for key in sorted(keys - seen)]
     if skipped:
@@ -299,15 +155,13 @@ def read_shard_dataset(
             f"(first: {skipped[0][0]}: {skipped[0][1]})",
             stacklevel=2,
         )
-    if not out_keys:
+    if not decoded:
         if keys is not None:  # every requested sample failed: the caller decides what that means
             empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
             return ImageTextDataset([], empty, [], torch.empty(0, dtype=torch.long), skipped)
         raise UsageError(f"{urls}: no readable samples")
     where = " ".join([urls] if isinstance(urls, str) else urls)
-    labels, names = resolve_labels(cells, out_keys, where, classnames, classnames_source)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTextDataset(out_keys, images, captions, labels, skipped, names)
+    return decoded.to_dataset(where, skipped, classnames, classnames_source)
 
 
 @dataclass
@@ -457,21 +311,3 @@ def read_scanned_samples(
     reordered = dataset.subset(order) if len(dataset) else dataset
     reordered.skipped = dataset.skipped
     return reordered
-
-
-def csv_to_shards(
-    csv_path: str | Path,
-    out_dir: str | Path,
-    samples_per_shard: int = 10_000,
-    image_format: str = "png",
-    progress: bool = True,
-) -> ShardSet:
-    """Convert an open_clip CSV dataset (e.g. ``poisonclip data synth``'s) into img2dataset shards.
-
-    Each sample's JSON keeps its CSV image path as ``url`` and its label when known.
-    """
-    from poisonclip.data.dataset import read_csv_dataset
-
-    dataset = read_csv_dataset(csv_path, progress=progress)
-    metadata = [{"url": key} for key in dataset.keys]
-    return write_shards(out_dir, dataset, samples_per_shard, image_format, metadata)
