@@ -18,6 +18,7 @@ from poisonclip.attacks import (
     make_text_targeted,
     read_poison_set,
 )
+from poisonclip.attacks.caption_set import build_caption_set, subset_or_repeat
 from poisonclip.attacks.dedup import (
     DEFAULT_NOISE_STD,
     FILLER_WORDS,
@@ -27,7 +28,7 @@ from poisonclip.attacks.dedup import (
     perturb_caption,
     psnr,
 )
-from poisonclip.attacks.targeted import build_caption_set, subset_or_repeat, target_seed
+from poisonclip.attacks.targeted import target_seed
 from poisonclip.cli import build_parser, main
 from poisonclip.data import SHAPES, ImageTextDataset
 from poisonclip.data.prompts import TEMPLATE_SETS
@@ -329,9 +330,10 @@ def test_linear_probe_on_separable_embeddings():
 
 def test_targeted_trial_runs_end_to_end(small_train, small_test):
     tiny = load_preset("tiny")
-    metrics, evaluation = train_and_evaluate_targeted(
-        small_train, small_test, CLASSNAMES, tiny, num_targets=3, poisons_per_target=2, seed=1, progress=False
+    poisoning = poison_targets(
+        small_train, small_test, CLASSNAMES, num_targets=3, poisons_per_target=2, seed=1
     )
+    metrics, evaluation = train_and_evaluate_targeted(poisoning, small_test, CLASSNAMES, tiny, progress=False)
     assert metrics["poison_count"] == 6 and metrics["poison_rate"] == pytest.approx(6 / 406)
     for key in (
         "zero_shot_success_rate",

@@ -8,7 +8,7 @@ over trials with different seeds (``poisonclip.evaluate.targeted.success_rate``)
 
 The steps are separate so that a sweep can share one trained model between cells that differ only
 in evaluation settings: ``poison_targets`` → ``train_model`` → ``evaluate_trained_targeted``;
-``train_and_evaluate_targeted`` runs all three.
+``train_and_evaluate_targeted`` runs the last two.
 """
 
 from __future__ import annotations
@@ -120,41 +120,21 @@ def evaluate_trained_targeted(
 
 
 def train_and_evaluate_targeted(
-    train: ImageTextDataset,
+    poisoning: TargetedPoisoning,
     heldout: ImageTextDataset,
     classnames: Sequence[str],
     config: TrainConfig,
-    num_targets: int,
-    poisons_per_target: int,
-    seed: int = 0,
-    captions: str = "search",
-    noise_std: float = DEFAULT_NOISE_STD,
-    perturb_captions: bool = False,
-    word_boundary: bool = True,
-    template_set: str = "openai",
     eval_templates: str = "synthetic",
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[dict, TargetedEvaluation]:
-    """``poison_targets`` → ``train_model`` → ``evaluate_trained_targeted``, in one call.
+    """``train_model`` on ``poisoning.dataset`` → ``evaluate_trained_targeted``, in one call.
 
-    ``seed`` picks targets and poisons; the model's initialisation and data order are
-    ``config.seed`` (a sweep over seeds should vary both). ``eval_templates`` is the zero-shot
+    ``poisoning`` (from ``poison_targets``, whose seed picks targets and poisons) plays the part of
+    ``train_and_evaluate_backdoor``'s poisoned dataset. The model's initialisation and data order
+    are ``config.seed`` (a sweep over seeds should vary both). ``eval_templates`` is the zero-shot
     prompt set.
     """
-    poisoning = poison_targets(
-        train,
-        heldout,
-        classnames,
-        num_targets,
-        poisons_per_target,
-        seed,
-        captions,
-        noise_std,
-        perturb_captions,
-        word_boundary,
-        template_set,
-    )
     model, model_config, stats = train_model(poisoning.dataset, config, checkpoint_dir, progress)
     return evaluate_trained_targeted(
         model, model_config, stats, poisoning, heldout, classnames, eval_templates
