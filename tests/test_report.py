@@ -13,7 +13,7 @@ from poisonclip.experiments.grid import FIGURES, parse_sweep
 from poisonclip.experiments.runners import HISTOGRAM_EDGES, SIMILARITY_EDGES, CellResult
 from poisonclip.experiments.store import ResultStore
 from poisonclip.report.document import write_report
-from poisonclip.report.sweep_figures import FigureSpec, get_figure, list_figures, register_figure
+from poisonclip.report.figure_registry import FigureSpec, get_figure, list_figures, register_figure
 
 COMMON = """
 [data]
@@ -288,7 +288,7 @@ def test_report_on_a_missing_database_exits_2(tmp_path, capsys):
 
 def test_help_imports_no_plotting_or_cluster_library():
     code = (
-        "import sys, poisonclip.cli, poisonclip.experiments.sweep, poisonclip.report.sweep_figures\n"
+        "import sys, poisonclip.cli, poisonclip.experiments.sweep, poisonclip.report.figure_registry\n"
         "poisonclip.cli.build_parser().format_help()\n"
         "assert 'matplotlib' not in sys.modules and 'submitit' not in sys.modules, sys.modules.keys()"
     )

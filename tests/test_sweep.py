@@ -391,6 +391,6 @@ def test_shipped_experiment_files_are_valid_and_say_what_they_cost(path):
 
 
 def test_every_figure_has_an_experiment_file():
-    from poisonclip.report.sweep_figures import list_figures
+    from poisonclip.report.figure_registry import list_figures
 
     assert {f for path in EXPERIMENTS for f in load_sweep(path).figures} == set(list_figures())

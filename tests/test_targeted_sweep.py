@@ -11,7 +11,7 @@ from poisonclip.cli import main
 from poisonclip.experiments.grid import load_sweep, parse_sweep
 from poisonclip.experiments.store import ResultStore
 from poisonclip.report.document import write_report
-from poisonclip.report.sweep_figures import get_figure
+from poisonclip.report.figure_registry import get_figure
 
 from .test_report import fake_result
 

@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poisonclip.report.sweep_figures import (
+from poisonclip.report.figure_registry import (
     FigureSpec,
     Table,
-    _describe,
-    _legend,
-    _pyplot,
-    _save,
-    _subplots,
+    describe,
     mean_pm_std,
+    place_legend,
+    pyplot,
     register_figure,
+    save_figure,
     sort_key,
+    subplots,
     varying_keys,
 )
 
@@ -46,7 +46,7 @@ ATTACK_ONLY_KEYS = {
 def _attack_label(row: ResultRow, keys: Sequence[str]) -> str:
     """The attack configuration of a row: its type and the (non-defense) settings that vary."""
     unused = ATTACK_ONLY_KEYS.get(row.get("attack_type"), ())
-    details = ", ".join(_describe(k, row.get(k)) for k in keys if k not in unused)
+    details = ", ".join(describe(k, row.get(k)) for k in keys if k not in unused)
     return f"{row.get('attack_type')}" + (f" ({details})" if details else "")
 
 
@@ -84,7 +84,7 @@ def _render_matrix(rows: Sequence[ResultRow], path: Path) -> Table:
               ("zero_shot_acc", "clean zero-shot top-1")]  # fmt: skip
     if any("zscore" in r.metrics for r in rows):
         panels.append(("zscore", "backdoor z-score"))
-    fig, axes = _subplots(len(panels), 1.4 * len(defenses) + 2.5, 0.6 * len(attacks) + 1.6, columns=1)
+    fig, axes = subplots(len(panels), 1.4 * len(defenses) + 2.5, 0.6 * len(attacks) + 1.6, columns=1)
     for ax, (metric, title) in zip(axes, panels, strict=True):
         means = [[_mean(cells, a, d, metric) for d in defenses] for a in attacks]
         image = ax.imshow(means, cmap="viridis", aspect="auto")
@@ -98,7 +98,7 @@ def _render_matrix(rows: Sequence[ResultRow], path: Path) -> Table:
         ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
         ax.set_title(f"{title}, mean ± std over seeds", fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.03)
-    _save(fig, path)
+    save_figure(fig, path)
     table_rows = []
     for a in attacks:
         for d in defenses:
@@ -147,7 +147,7 @@ def _render_roc(rows: Sequence[ResultRow], path: Path) -> Table:
     for r in models:
         attacks.setdefault(_attack_label(r, keys), []).append(r)
     names = _detectors(models)
-    fig, axes = _subplots(len(attacks), 4.6, 4.2)
+    fig, axes = subplots(len(attacks), 4.6, 4.2)
     table_rows = []
     for ax, attack in zip(axes, sorted(attacks, key=lambda a: sort_key((a,))), strict=True):
         group = attacks[attack]
@@ -174,7 +174,7 @@ def _render_roc(rows: Sequence[ResultRow], path: Path) -> Table:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")  # inside: panels sit side by side
     axes[0].set_ylabel("true-positive rate (poisons flagged)")
-    _save(fig, path)
+    save_figure(fig, path)
     columns = ("attack", "detector", "models", "ROC-AUC", "PR-AUC", "FPR at 95% recall",
                "ROC-AUC, shuffled labels")  # fmt: skip
     return Table(columns, tuple(table_rows))
@@ -182,7 +182,7 @@ def _render_roc(rows: Sequence[ResultRow], path: Path) -> Table:
 
 def _render_cost(rows: Sequence[ResultRow], path: Path) -> Table:
     attacks, defenses, cells = _by_attack_and_defense(rows)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(defenses) * max(1, len(attacks)) / 2 + 3, 4))
     width = 0.8 / len(attacks)
     table_rows = []
@@ -204,8 +204,8 @@ def _render_cost(rows: Sequence[ResultRow], path: Path) -> Table:
     ax.set_xticks(range(len(defenses)), defenses, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("defense wall-clock ÷ undefended training")
     ax.grid(alpha=0.3, axis="y")
-    _legend(ax)
-    _save(fig, path)
+    place_legend(ax)
+    save_figure(fig, path)
     columns = (
         "attack",
         "defense",
@@ -228,7 +228,7 @@ def _render_cleanclip_lr(rows: Sequence[ResultRow], path: Path) -> Table:
         ("lr_sweep_attack_success", "attack success"),
         ("lr_sweep_zero_shot_acc", "clean zero-shot top-1"),
     )
-    fig, axes = _pyplot().subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))  # own y scales
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))  # own y scales
     table_rows = []
     for (attack, defense), group in sorted(groups.items(), key=lambda kv: sort_key(kv[0])):
         lrs = group[0].curves["lr_sweep_lr"]
@@ -252,8 +252,8 @@ def _render_cleanclip_lr(rows: Sequence[ResultRow], path: Path) -> Table:
                     *(mean_pm_std([r.curves[key][i] for r in group], 3) for key, _ in panels),
                 )
             )
-    _legend(axes[-1])
-    _save(fig, path)
+    place_legend(axes[-1])
+    save_figure(fig, path)
     columns = ("attack", "defense", "lr", "chosen", "validation loss", "attack success", "zero-shot top-1")
     return Table(columns, tuple(table_rows))
 
@@ -268,7 +268,7 @@ DIAGNOSTIC_PANELS = (  # (curve over epochs, its x curve or None for 1..n, panel
 
 def _render_diagnostics(rows: Sequence[ResultRow], path: Path) -> Table:
     keys = _attack_keys(rows)
-    fig, axes = _pyplot().subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.2 * len(DIAGNOSTIC_PANELS), 3.6))
+    fig, axes = pyplot().subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.2 * len(DIAGNOSTIC_PANELS), 3.6))
     table_rows = []
     for ax, (key, x_key, title) in zip(axes, DIAGNOSTIC_PANELS, strict=True):
         groups: dict[tuple[str, str], list[ResultRow]] = {}
@@ -288,8 +288,8 @@ def _render_diagnostics(rows: Sequence[ResultRow], path: Path) -> Table:
         ax.grid(alpha=0.3)
     labelled = [ax for ax in axes if ax.get_legend_handles_labels()[1]]
     if labelled:  # a sweep without RoCLIP (or SafeCLIP) leaves its panels empty
-        _legend(labelled[-1])
-    _save(fig, path)
+        place_legend(labelled[-1])
+    save_figure(fig, path)
     return Table(("quantity", "attack", "defense", "epoch", "models", "mean ± std"), tuple(table_rows))
 
 

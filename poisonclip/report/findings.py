@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from poisonclip.report.sweep_figures import Table
+from poisonclip.report.figure_registry import Table
 
 if TYPE_CHECKING:
     from poisonclip.experiments.store import ResultRow
