@@ -8,23 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poisonclip.report.figure_registry import (
-    FigureSpec,
-    Table,
-    column_title,
-    format_value,
-    mean_pm_std,
-    pyplot,
-    register_figure,
-    save_figure,
-)
+from poisonclip.report.figure_registry import FigureSpec, Table, register_figure
+from poisonclip.report.formatting import column_title, format_value, mean_pm_std
 from poisonclip.report.line_plot import (
     ASR_CHANCE,
     TOY_RATES,
     Z_CHANCE,
     LinePlot,
     count_tick,
-    draw_classifiers,
+    plot_classifiers,
 )
 
 if TYPE_CHECKING:
@@ -38,20 +30,9 @@ _BACKDOOR_CLASSIFIERS = (("asr", "zero-shot"), ("probe_asr", "linear probe"))
 def _render_backdoor_asr(rows: Sequence[ResultRow], path: Path) -> Table:
     """Fig 2 right: ASR against poisons for the zero-shot classifier and a linear probe, each with
     its natural rate (dotted) and its clean-model band."""
-    plt = pyplot()
-    plots = [
-        LinePlot("poison_count", metric, "poisons added (and poison rate)", "attack success rate",
-                 log_x=True, tick=count_tick)
-        for metric, _ in _BACKDOOR_CLASSIFIERS
-    ]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series_keys, groups, lines = draw_classifiers(
-        ax, rows, plots, [name for _, name in _BACKDOOR_CLASSIFIERS]
-    )
-    ax.set_ylim(-0.03, 1.03)
-    plots[0].decorate(ax, (), rows)
-    ax.set_ylabel(plots[0].y_label)
-    save_figure(fig, path)
+    plot = LinePlot("poison_count", "asr", "poisons added (and poison rate)", "attack success rate",
+                    log_x=True, tick=count_tick)  # fmt: skip
+    series_keys, groups, lines = plot_classifiers(rows, path, plot, _BACKDOOR_CLASSIFIERS)
     table_rows = [
         (
             *(str(v) for v in line),

@@ -16,19 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poisonclip.report.figure_registry import (
-    FigureSpec,
-    Table,
-    describe,
-    mean_pm_std,
-    place_legend,
-    pyplot,
-    register_figure,
-    save_figure,
-    sort_key,
-    subplots,
-    varying_keys,
-)
+from poisonclip.report.figure_registry import FigureSpec, Table, register_figure
+from poisonclip.report.formatting import describe, mean_pm_std, sort_key, varying_keys
+from poisonclip.report.plotting import place_legend, pyplot, save_figure, subplots
 
 if TYPE_CHECKING:
     from poisonclip.experiments.store import ResultRow

@@ -22,15 +22,9 @@ from pathlib import Path
 from poisonclip.data.io import atomic_path, write_text_atomic
 from poisonclip.errors import UsageError
 from poisonclip.experiments.store import ResultRow, ResultStore
-from poisonclip.report.figure_registry import (
-    Table,
-    get_figure,
-    list_figures,
-    mean_pm_std,
-    sort_key,
-    varying_keys,
-)
+from poisonclip.report.figure_registry import Table, get_figure, list_figures
 from poisonclip.report.findings import paper_vs_toy
+from poisonclip.report.formatting import mean_pm_std, sort_key, varying_keys
 
 # Metrics summarised per cell where every row has them (other attacks report other metrics).
 HEADLINE_METRICS = (("zscore", "z-score", 2), ("asr", "ASR", 3), ("natural_rate", "natural rate", 3),

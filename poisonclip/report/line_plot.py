@@ -4,26 +4,24 @@ downstream classifier)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from poisonclip.report.figure_registry import (
-    Table,
+from poisonclip.report.figure_registry import Table
+from poisonclip.report.formatting import (
     column_title,
     describe,
     format_value,
     mean_pm_std,
     mean_std,
-    place_legend,
-    pyplot,
-    save_figure,
     sort_key,
-    subplots,
     varying_keys,
 )
+from poisonclip.report.plotting import place_legend, pyplot, save_figure, subplots
 
 if TYPE_CHECKING:
     from poisonclip.experiments.store import ResultRow
@@ -171,19 +169,34 @@ TOY_RATES = (
 )
 
 
-def draw_classifiers(
-    ax, rows: Sequence[ResultRow], plots: Sequence[LinePlot], names: Sequence[str]
+def plot_classifiers(
+    rows: Sequence[ResultRow],
+    path: Path,
+    plot: LinePlot,
+    classifiers: Sequence[tuple[str, str]],
+    references: Callable[[Any], None] | None = None,
 ) -> tuple[list[str], dict[tuple, dict[float, list]], list[tuple]]:
-    """One line per downstream classifier (``plots[j]`` draws metric ``names[j]``) and per other
-    setting that varies, as ``LinePlot`` draws one; returns (series keys, groups, lines)."""
-    colours = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
-    series_keys, groups = plots[0].groups(rows)  # no panels: groups are keyed ((), series values)
+    """A rate in [0, 1] against ``plot.x`` on one axes, written to ``path``: one line per downstream
+    classifier (``classifiers``: (metric, legend text), each drawn as ``plot`` with that metric as
+    its y) and per other setting that varies; ``references(ax)`` adds reference lines. Returns
+    (series keys, groups, lines) for the figure's table."""
+    plt = pyplot()
+    plots = [dataclasses.replace(plot, y=metric) for metric, _ in classifiers]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series_keys, groups = plot.groups(rows)  # no panels: groups are keyed ((), series values)
     lines = sorted((line for _, line in groups), key=sort_key)
     for i, line in enumerate(lines):
         setting = ", ".join(describe(k, v) for k, v in zip(series_keys, line, strict=True))
-        for j, (plot, name) in enumerate(zip(plots, names, strict=True)):
+        for j, (each, (_, name)) in enumerate(zip(plots, classifiers, strict=True)):
             colour = colours[(i * len(plots) + j) % len(colours)]
-            plot.draw_line(
+            each.draw_line(
                 ax, groups[(), line], colour, f"{name}, {setting}" if setting else name, i == j == 0
             )
+    if references is not None:
+        references(ax)
+    ax.set_ylim(-0.03, 1.03)
+    plots[0].decorate(ax, (), rows)
+    ax.set_ylabel(plot.y_label)
+    save_figure(fig, path)
     return series_keys, groups, lines

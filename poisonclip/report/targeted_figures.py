@@ -8,17 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poisonclip.report.figure_registry import (
-    FigureSpec,
-    Table,
-    column_title,
-    format_value,
-    mean_pm_std,
-    pyplot,
-    register_figure,
-    save_figure,
-)
-from poisonclip.report.line_plot import TOY_RATES, LinePlot, draw_classifiers
+from poisonclip.report.figure_registry import FigureSpec, Table, register_figure
+from poisonclip.report.formatting import column_title, format_value, mean_pm_std
+from poisonclip.report.line_plot import TOY_RATES, LinePlot, plot_classifiers
 
 if TYPE_CHECKING:
     from poisonclip.experiments.store import ResultRow
@@ -42,23 +34,21 @@ def _change_from_clean(rows: Sequence[ResultRow], clean: Sequence[ResultRow], me
 def _render_targeted(rows: Sequence[ResultRow], path: Path) -> Table:
     """Fig 2 left on one axes: a line per classifier (and per other setting that varies, e.g. the
     caption set), drawn as ``LinePlot`` draws one (0 poisons per target: the clean-model band)."""
-    plt = pyplot()
-    plots = [
-        LinePlot("poisons_per_target", metric, "poisons per target (and their share of the training set)",
-                 "targeted success rate (x′ classified as y′)", log_x=True, tick=_per_target_tick)
-        for metric, _ in _TARGETED_CLASSIFIERS
-    ]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series_keys, groups, lines = draw_classifiers(
-        ax, rows, plots, [name for _, name in _TARGETED_CLASSIFIERS]
+
+    def chance(ax) -> None:  # a prediction drawn uniformly from the wrong classes
+        for classes in sorted({r.get("num_classes") for r in rows}):
+            ax.axhline(1 / (classes - 1), color="grey", ls=":", lw=1,
+                       label=f"1/(classes − 1) = {1 / (classes - 1):.1%}")  # fmt: skip
+
+    plot = LinePlot(
+        "poisons_per_target",
+        "zero_shot_success_rate",
+        "poisons per target (and their share of the training set)",
+        "targeted success rate (x′ classified as y′)",
+        log_x=True,
+        tick=_per_target_tick,
     )
-    for classes in sorted({r.get("num_classes") for r in rows}):
-        ax.axhline(1 / (classes - 1), color="grey", ls=":", lw=1,
-                   label=f"1/(classes − 1) = {1 / (classes - 1):.1%}")  # fmt: skip
-    ax.set_ylim(-0.03, 1.03)
-    plots[0].decorate(ax, (), rows)
-    ax.set_ylabel(plots[0].y_label)
-    save_figure(fig, path)
+    series_keys, groups, lines = plot_classifiers(rows, path, plot, _TARGETED_CLASSIFIERS, chance)
 
     table_rows = []
     for line in lines:
