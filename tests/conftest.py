@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from poisonclip.data import SyntheticConfig, read_csv_dataset, write_synthetic
+from poisonclip.train.parallel import torch_threads
 
 torch.set_num_threads(2)
 
@@ -23,3 +24,11 @@ def small_train(small_data_dir):
 @pytest.fixture(scope="session")
 def small_test(small_data_dir):
     return read_csv_dataset(small_data_dir / "test.csv", progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For a module that trains tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they train fastest on one thread; on a busy CPU two made a step 200× slower."""
+    with torch_threads(1):
+        yield

@@ -1,23 +1,15 @@
 import json
 
 import pytest
-import torch
 
 from poisonclip.cli import main
 from poisonclip.detect import list_detectors
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def run(args):
     return main([str(a) for a in args])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread; on a busy CPU two made a step 200× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from poisonclip.train import load_checkpoint, load_preset, save_checkpoint, trai
 from poisonclip.train.model import create_model, get_model_config, tokenize
 from poisonclip.train.objectives import Batch, clip_loss_per_sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = load_preset("tiny")
 
 
@@ -49,15 +50,6 @@ class FixedModel(torch.nn.Module):
 
 def identity(x):
     return x
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread; on a busy CPU two made a step 200× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from poisonclip.report.defense_figures import (
     _render_roc,
 )
 
+from .sweep_files import TINY_SETTING
+
 DEFENSES = [
     "none",
     "filter:clip-score@10%",
@@ -29,13 +31,7 @@ TINY = f"""
 attack = "defense"
 figures = ["defense_matrix", "detector_roc", "defense_cost", "cleanclip_lr", "defense_diagnostics"]
 seeds = [0]
-[data]
-num_train = 300
-num_test = 120
-num_shapes = 10
-[train]
-preset = "tiny"
-epochs = 3
+{TINY_SETTING}epochs = 3
 [defense]
 attack_type = "backdoor"
 defense = {DEFENSES!r}

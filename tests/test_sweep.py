@@ -26,18 +26,14 @@ from poisonclip.experiments.sweep import (
     sweep_status,
 )
 
+from .sweep_files import TINY_SETTING, assert_refused
+
 # A tiny grid: 3 poison counts × 2 poison placements × 2 test placements = 12 cells; the clean
 # model (0 poisons) is shared by its 4 cells and each poisoned model by 2: 5 models a seed.
-TINY = """
+TINY = f"""
 figures = ["fig4"]
 seeds = [0, 1]
-[data]
-num_train = 300
-num_test = 120
-num_shapes = 10
-[train]
-preset = "tiny"
-[backdoor]
+{TINY_SETTING}[backdoor]
 poison_count = [0, 5, 20]
 placement = ["consistent", "random"]
 eval_placement = ["consistent", "random"]
@@ -133,13 +129,8 @@ def test_seed_count_and_scalar_values():
     ],
 )
 def test_bad_experiment_files_exit_2_with_one_line_and_do_no_work(tmp_path, capsys, change, message):
-    path = write(tmp_path, TINY.replace(*change))
     assert TINY.replace(*change) != TINY
-    db = tmp_path / "out" / "results.sqlite"
-    assert main(["sweep", "run", str(path), "--db", str(db), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1 and str(path) in err
-    assert not (tmp_path / "out").exists()  # validated before any work: no database, no data
+    assert_refused(tmp_path, capsys, TINY.replace(*change), message)
     with pytest.raises(UsageError, match="not found"):
         load_sweep(tmp_path / "missing.toml")
 

@@ -13,22 +13,17 @@ from poisonclip.experiments.store import ResultStore
 from poisonclip.report.document import write_report
 from poisonclip.report.figure_registry import get_figure
 
+from .sweep_files import TINY_SETTING, assert_refused
 from .test_report import fake_result
 
 # 2 target counts × 3 poison counts × 2 zero-shot prompt sets = 12 cells. The clean model
 # (0 poisons) is shared by its 4 cells (K and the prompts are evaluation-only there); each poisoned
 # model by its 2 prompt sets: 5 models a seed.
-TINY = """
+TINY = f"""
 figures = ["fig2_left"]
 attack = "targeted"
 seeds = [0, 1]
-[data]
-num_train = 300
-num_test = 120
-num_shapes = 10
-[train]
-preset = "tiny"
-[targeted]
+{TINY_SETTING}[targeted]
 num_targets = [2, 3]
 poisons_per_target = [0, 2, 8]
 eval_templates = ["synthetic", "openai"]
@@ -90,14 +85,8 @@ def test_shipped_fig2_left_is_the_demo_setting():
     ],
 )
 def test_bad_targeted_tables_exit_2_with_one_line_and_do_no_work(tmp_path, capsys, change, message):
-    text = TINY.replace(*change)
-    assert text != TINY
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    assert main(["sweep", "run", str(path), "--db", str(tmp_path / "out" / "r.sqlite"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1 and str(path) in err
-    assert not (tmp_path / "out").exists()
+    assert TINY.replace(*change) != TINY
+    assert_refused(tmp_path, capsys, TINY.replace(*change), message)
 
 
 # One seed, 2 × 2 × 2 cells: the clean model (4 cells) and two poisoned models (2 cells each).
