@@ -1,5 +1,5 @@
-"""The command line answers ``--help`` and ``list presets|models`` without loading torch: the
-parsers import light modules only, and each command imports the library when it runs."""
+"""The command line answers ``--help`` and ``list presets|models|detectors|defenses`` without loading
+torch: the parsers import light modules only, and each command imports the library when it runs."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def test_help_of_every_command_loads_no_heavy_library():
     assert heavy_imports_after(code) == []
 
 
-@pytest.mark.parametrize("what", ["presets", "models"])
-def test_listing_presets_and_models_loads_no_heavy_library(what):
+@pytest.mark.parametrize("what", ["presets", "models", "detectors", "defenses"])
+def test_listing_loads_no_heavy_library(what):
     assert heavy_imports_after(f"assert main(['list', {what!r}]) == 0") == []
 
 

@@ -1,8 +1,11 @@
+import importlib
 import math
+import pkgutil
 
 import pytest
 import torch
 
+import poisonclip.defend
 from poisonclip.attacks import make_backdoor
 from poisonclip.data import ImageTextDataset
 from poisonclip.defend import (
@@ -23,6 +26,7 @@ from poisonclip.defend import (
     run_safeclip,
     safe_split,
 )
+from poisonclip.defend.registry import BUILTIN_DEFENSES
 from poisonclip.detect import poison_labels
 from poisonclip.errors import UsageError
 from poisonclip.train import load_checkpoint, load_preset, save_checkpoint, train_model
@@ -63,6 +67,15 @@ def undefended(poisoned):
     dataset, _ = poisoned
     model, _, _ = train_model(dataset, TINY, progress=False)
     return model
+
+
+def test_the_listed_builtin_defenses_are_what_their_modules_register():
+    for module in pkgutil.iter_modules(poisonclip.defend.__path__, "poisonclip.defend."):
+        importlib.import_module(module.name)
+    # a new defense needs its line in the table ("none" is the registry module's own)
+    assert list_defenses() == sorted({*BUILTIN_DEFENSES, "none"})
+    for name, module in BUILTIN_DEFENSES.items():
+        assert get_defense(name).fn.__module__ == module
 
 
 def test_registry_and_specs():

@@ -1,4 +1,6 @@
+import importlib
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+import poisonclip.detect
 from poisonclip.detect import (
     DetectorInputs,
     LossTracker,
@@ -20,6 +23,7 @@ from poisonclip.detect import (
     save_loss_record,
 )
 from poisonclip.detect.knn import nearest_neighbours, over_batches
+from poisonclip.detect.registry import BUILTIN_DETECTORS, get_detector
 from poisonclip.errors import UsageError
 from poisonclip.train import load_preset, train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
@@ -73,6 +77,14 @@ BATCHED = [*KNN, "isolation-forest"]
 
 def test_every_detector_has_a_sign_test():
     assert set(BATCHED) | {"clip-score", "loss-tracking"} == set(list_detectors())
+
+
+def test_the_listed_builtin_detectors_are_what_their_modules_register():
+    for module in pkgutil.iter_modules(poisonclip.detect.__path__, "poisonclip.detect."):
+        importlib.import_module(module.name)
+    assert list_detectors() == sorted(BUILTIN_DETECTORS)  # a new detector needs its line in the table
+    for name, module in BUILTIN_DETECTORS.items():
+        assert get_detector(name).__module__ == module
 
 
 @pytest.mark.parametrize("name", list_detectors())

@@ -50,3 +50,17 @@ def test_package_names_load_on_first_use():
     assert poisonclip.__version__ == project["version"]
     with pytest.raises(AttributeError, match="no attribute 'make_backdor'"):
         poisonclip.make_backdor  # noqa: B018
+
+
+def test_a_registry_lists_builtin_names_unimported_and_imports_one_on_lookup():
+    from poisonclip.errors import UsageError
+    from poisonclip.registry import Registry
+
+    things = Registry("thing", {"listed": "poisonclip.keys"})  # a module that registers no thing
+    things.add("added", 1)
+    assert things.names() == ["added", "listed"]
+    with pytest.raises(RuntimeError, match="poisonclip.keys does not register the thing 'listed'"):
+        things.get("listed")
+    with pytest.raises(UsageError, match="unknown thing 'other'; available: added, listed"):
+        things.get("other")
+    assert things.register("decorated")(str) is str and things.get("decorated") is str

@@ -19,13 +19,16 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.registry import Registry
-from poisonclip.train.config import TrainConfig
+
+if TYPE_CHECKING:  # not at run time: listing the defenses loads no torch
+    import torch
+
+    from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,15 @@ class Defense:
         return self.fn(context, params)
 
 
-_DEFENSES: Registry[Defense] = Registry("defense")
+# The built-in defenses (but "none", below) and the module registering each, imported on a first
+# lookup; listed as they are (tests/test_defend.py checks that the modules register exactly these).
+BUILTIN_DEFENSES = {
+    "cleanclip": "poisonclip.defend.cleanclip",
+    "filter": "poisonclip.defend.filtering",
+    "roclip": "poisonclip.defend.roclip",
+    "safeclip": "poisonclip.defend.safeclip",
+}
+_DEFENSES: Registry[Defense] = Registry("defense", BUILTIN_DEFENSES)
 
 
 def register_defense(name: str, params: type, needs: tuple[str, ...]) -> Callable[[Callable], Callable]:

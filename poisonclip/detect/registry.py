@@ -10,14 +10,28 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.registry import Registry
 
-_DETECTORS: Registry[Callable[..., torch.Tensor]] = Registry("detector")
+if TYPE_CHECKING:  # not at run time: listing the detectors loads no torch
+    import torch
+
+    from poisonclip.data.dataset import ImageTextDataset
+
+# The built-in detectors and the module registering each, imported on a first lookup; listed as
+# they are (tests/test_detect.py checks that the modules register exactly these).
+BUILTIN_DETECTORS = {
+    "clip-score": "poisonclip.detect.simple",
+    "isolation-forest": "poisonclip.detect.simple",
+    "loss-tracking": "poisonclip.detect.simple",
+    "k-distance": "poisonclip.detect.knn",
+    "slof": "poisonclip.detect.knn",
+    "dao": "poisonclip.detect.knn",
+    "lid": "poisonclip.detect.knn",
+}
+_DETECTORS: Registry[Callable[..., torch.Tensor]] = Registry("detector", BUILTIN_DETECTORS)
 
 
 @dataclass(frozen=True)
@@ -58,14 +72,7 @@ def embed_training_set(
     return DetectorInputs(image, text, early_loss)
 
 
-def register_detector(name: str) -> Callable[[Callable], Callable]:
-    def decorator(fn: Callable) -> Callable:
-        _DETECTORS.add(name, fn)
-        return fn
-
-    return decorator
-
-
+register_detector = _DETECTORS.register
 list_detectors = _DETECTORS.names
 get_detector = _DETECTORS.get
 
