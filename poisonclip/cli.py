@@ -124,23 +124,16 @@ def _add_poison_output_options(p: argparse.ArgumentParser, resized: str) -> None
 
 def _add_patch_options(
     p: argparse.ArgumentParser,
-    placement_flag: str = "--placement",
     label_default: str | None = None,
     label_help: str = "the label the trigger should cause: a class name of your data, which the poisons' "
     "captions are searched for (required)",
     label_required: bool = False,
+    trigger_from: bool = False,
 ) -> None:
+    from poisonclip.attacks.triggers.options import add_trigger_options
+
     p.add_argument("--target-label", default=label_default, required=label_required, help=label_help)
-    p.add_argument(
-        "--patch-size", type=int, default=4, help="checkerboard side in pixels of the model's input"
-    )
-    p.add_argument(
-        placement_flag,
-        dest="placement",
-        choices=("consistent", "random"),
-        default="consistent",
-        help="patch at the upper-left corner (consistent) or anywhere (random)",
-    )
+    add_trigger_options(p, from_poison_set=trigger_from)
 
 
 def _add_csv_options(p: argparse.ArgumentParser) -> None:
@@ -156,6 +149,7 @@ def _add_csv_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from poisonclip.attacks.triggers.options import trigger_from_args
     from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
     from poisonclip.train.loop import check_device
@@ -165,8 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         train=_train_config(args),
         target_label=args.target_label,
         poison_count=args.poison_count,
-        patch_size=args.patch_size,
-        placement=args.placement,
+        trigger=trigger_from_args(args),
         eval_placement=args.eval_placement,
         seed=args.seed,
     )
@@ -301,13 +294,13 @@ def _write_poisons(
 
 def cmd_poison_backdoor(args: argparse.Namespace) -> None:
     from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
+    from poisonclip.attacks.triggers.options import trigger_from_args
 
     shards, output_format = _poison_output_format(args)
     attack = {
         "target_label": args.target_label,
         "poison_count": args.poison_count,
-        "patch_size": args.patch_size,
-        "placement": args.placement,
+        "trigger": trigger_from_args(args),
         "seed": args.seed,
         "word_boundary": not args.substring,
     }
@@ -335,7 +328,7 @@ def _warn_poison_size(args: argparse.Namespace, size: int) -> None:
         made_for = f", but the data was made for a {model_size}x{model_size} model" if model_size else ""
         print(
             f"poisonclip: warning: no --image-size: the poisons keep the data's {size}x{size} pixels "
-            f"and the {args.patch_size}-pixel trigger is in those pixels{made_for}. A model with "
+            f"and the trigger is in those pixels{made_for}. A model with "
             "another input size would see it resized (a 1-pixel checkerboard turns grey): pass "
             f"--image-size with the model's input size{f' ({model_size})' if model_size else ''} "
             "(poisonclip train refuses poisons that do not match its model)",
@@ -552,6 +545,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from poisonclip.attacks.triggers.options import trigger_from_args
     from poisonclip.data.dataset import read_classnames
     from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
     from poisonclip.evaluate.zeroshot import resolve_templates
@@ -564,6 +558,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.target_label is None:
             raise UsageError("--target-image needs --target-label: the label y' the attack wanted for x'")
     templates = resolve_templates(args.templates)  # a bad prompt file fails before any work
+    trigger = trigger_from_args(args)  # so does a bad trigger
     model, model_config = load_checkpoint(args.checkpoint)
     image_size, progress = image_size_of(model_config), not args.no_progress
     if args.imagefolder:
@@ -593,8 +588,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             test,
             classnames,
             args.target_label,
-            args.patch_size,
-            placement=args.placement,
+            trigger,
             seed=args.seed,
             templates=templates,
             context_length=context_length_of(model_config),
@@ -821,7 +815,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from poisonclip.attacks import list_attacks
+    from poisonclip.attacks import list_attacks, list_triggers
     from poisonclip.defend import list_defenses
     from poisonclip.detect import list_detectors
     from poisonclip.train import list_model_configs, list_presets
@@ -830,6 +824,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         "models": list_model_configs,
         "presets": list_presets,
         "attacks": list_attacks,
+        "triggers": list_triggers,
         "detectors": list_detectors,
         "defenses": list_defenses,
     }
@@ -1027,7 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
     poison_sub = p.add_subparsers(dest="attack", required=True, metavar="ATTACK")
     q = poison_sub.add_parser(
         "backdoor",
-        help="checkerboard patch on many images, captioned with the target label",
+        help="a trigger (default: the paper's checkerboard) on many images, captioned with the target label",
         description="Write poison-only data (poisons.csv + images, or webdataset shards, + "
         "manifest.jsonl) to add to the training set; the input dataset is not modified.",
     )
@@ -1325,6 +1320,7 @@ def build_parser() -> argparse.ArgumentParser:
         label_default=None,
         label_help="the label the backdoor's trigger should cause (without it: clean metrics only), "
         "or with --target-image the label y' that the targeted attack wanted for x' (required then)",
+        trigger_from=True,
     )
     _add_csv_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -1403,8 +1399,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p, out=True)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("list", help="list model configs, presets, attacks, detectors or defenses")
-    p.add_argument("what", choices=("models", "presets", "attacks", "detectors", "defenses"))
+    p = sub.add_parser("list", help="list model configs, presets, attacks, triggers, detectors or defenses")
+    p.add_argument("what", choices=("models", "presets", "attacks", "triggers", "detectors", "defenses"))
     p.set_defaults(func=cmd_list)
     return parser
 

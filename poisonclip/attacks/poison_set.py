@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from poisonclip.attacks.triggers import Trigger, build_trigger, trigger_from_record
 from poisonclip.data.dataset import (
     CAPTION_COLUMN,
     CSV_SEPARATOR,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # webdataset and pandas load only when shards are written
     from poisonclip.data.wds import ShardSet
 
 MANIFEST_NAME = "manifest.jsonl"
+TRIGGER_NAME = "trigger.json"  # a backdoor set's trigger: name, parameters and fitted state
 POISON_CSV_NAME = "poisons.csv"
 SHARD_DIR = "shards"
 POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's numeric keys
@@ -35,10 +37,12 @@ POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's
 
 @dataclass
 class PoisonSet:
-    """Poison samples (to be *added* to the training set, X' = P ∪ X) and one manifest row each."""
+    """Poison samples (to be *added* to the training set, X' = P ∪ X) and one manifest row each;
+    backdoor poisons also carry their trigger, fitted as applied (to paste the same at evaluation)."""
 
     samples: ImageTextDataset
     manifest: list[dict]
+    trigger: Trigger | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -62,7 +66,7 @@ def write_poison_set(out_dir: str | Path, poisons: PoisonSet) -> Path:
         )
         if keys != [row["poison_key"] for row in poisons.manifest]:
             raise ValueError("poison keys must be 'poison/<name>.png' to be stored at their own path")
-        _write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
+        _write_manifest(tmp, poisons, poisons.manifest)
     return out_dir
 
 
@@ -87,7 +91,7 @@ def write_poison_shards(
             tmp / SHARD_DIR, poisons.samples, samples_per_shard, image_format, metadata, POISON_KEY_PREFIX
         )
         manifest = [{**row, "shard_key": key} for row, key in zip(poisons.manifest, shards.keys, strict=True)]
-        _write_manifest(tmp / MANIFEST_NAME, manifest)
+        _write_manifest(tmp, poisons, manifest)
     return ShardSet(brace_url(out_dir / SHARD_DIR, shards.num_shards), shards.num_shards, shards.keys)
 
 
@@ -141,7 +145,36 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
             sorted(str(p) for p in (poison_dir / SHARD_DIR).glob("*.tar")), progress=False
         )
     manifest = read_manifest(poison_dir / MANIFEST_NAME)
-    return PoisonSet(samples, manifest)
+    trigger = read_poison_trigger(poison_dir) if manifest and is_backdoor_row(manifest[0]) else None
+    return PoisonSet(samples, manifest, trigger)
+
+
+def read_poison_trigger(poison_dir: str | Path) -> Trigger:
+    """The trigger a backdoor poison set carries, exactly as applied: its ``trigger.json``, or for a
+    set written before triggers were plugins, the checkerboard its manifest rows describe."""
+    poison_dir = Path(poison_dir)
+    if (poison_dir / TRIGGER_NAME).is_file():
+        try:
+            record = json.loads((poison_dir / TRIGGER_NAME).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise UsageError(f"{poison_dir / TRIGGER_NAME}: not JSON ({err})") from err
+        return trigger_from_record(record)
+    if not (poison_dir / MANIFEST_NAME).is_file():
+        raise UsageError(f"{poison_dir}: not a poison set (no {MANIFEST_NAME})")
+    rows = read_manifest(poison_dir / MANIFEST_NAME)
+    if not rows or not is_backdoor_row(rows[0]):
+        raise UsageError(f"{poison_dir}: not a backdoor poison set (its manifest lists no trigger)")
+    first = rows[0]
+    if "trigger" in first:
+        return build_trigger(first["trigger"], first["trigger_params"])
+    return build_trigger(
+        "checkerboard", {"patch_size": first["patch"]["size"], "placement": first["placement"]}
+    )
+
+
+def is_backdoor_row(row: dict) -> bool:
+    """A backdoor manifest row: a trigger (or, before triggers were plugins, a patch) is listed."""
+    return "trigger" in row or "patch" in row
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -165,7 +198,10 @@ def read_manifest(path: str | Path) -> list[dict]:
     return rows
 
 
-def _write_manifest(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def _write_manifest(out_dir: Path, poisons: PoisonSet, rows: list[dict]) -> None:
+    """``manifest.jsonl`` (``rows``), and ``trigger.json`` for poisons that carry a trigger."""
+    with open(out_dir / MANIFEST_NAME, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+    if poisons.trigger is not None:
+        (out_dir / TRIGGER_NAME).write_text(json.dumps(poisons.trigger.record(), indent=2) + "\n")
