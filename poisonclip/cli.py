@@ -988,9 +988,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--eval-placement",
-        choices=("consistent", "random"),
-        default="consistent",
-        help="where the patch goes on test images",
+        choices=("consistent", "random", "center"),
+        help="where the patch goes on test images (default: the trigger's default placement)",
     )
     _add_train_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -84,8 +84,25 @@ class TriggerKeys:
         return spec
 
 
-def has_placement(trigger_name: str) -> bool:
-    return "placement" in parameter_names(trigger_name)
+def evaluation_placement(spec: Trigger, eval_placement: str | None) -> str | None:
+    """Where test images carry a trigger that has a placement: ``eval_placement``, by default the
+    trigger's own default placement (the checkerboard's "consistent", as before triggers were
+    plugins; badnets' "random"); None for a trigger without one."""
+    if "placement" not in spec.values():
+        if eval_placement is not None:
+            raise UsageError(f"eval_placement: trigger {spec.name!r} has no placement")
+        return None
+    placement = eval_placement or type(spec).__dataclass_fields__["placement"].default
+    try:
+        dataclasses.replace(spec, placement=placement)
+    except UsageError as err:
+        raise UsageError(f"eval_placement: {err}") from err
+    return placement
+
+
+def placed(trigger: Trigger, placement: str | None) -> Trigger:
+    """``trigger`` (fitted state included) at another placement, if one is given."""
+    return trigger if placement is None else dataclasses.replace(trigger, placement=placement)
 
 
 @dataclass(frozen=True)

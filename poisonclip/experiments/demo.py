@@ -23,6 +23,7 @@ from poisonclip.data.io import OutputExistsError, atomic_path, write_json_atomic
 from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import sample_pair_similarities
+from poisonclip.experiments.backdoor_trial import evaluation_placement, placed
 from poisonclip.experiments.trial import train_and_evaluate_backdoor
 from poisonclip.keys import config_dict
 from poisonclip.report.figures import plot_similarity_histograms
@@ -40,7 +41,7 @@ class DemoConfig:
     trigger: Trigger = field(
         default_factory=Checkerboard
     )  # 4x4 pixels of 32x32 (1.6% of the area), upper-left
-    eval_placement: str = "consistent"  # where test images carry it (a trigger with a placement)
+    eval_placement: str | None = None  # where test images carry it; None: the trigger's default placement
     seed: int = 0  # poison selection; the model seed is train.seed
 
 
@@ -83,9 +84,7 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
 
     poisons = make_backdoor(train, config.target_label, config.poison_count, config.trigger, config.seed)
     write_poison_set(out_dir / "poisons", poisons)
-    trigger = poisons.trigger
-    if hasattr(trigger, "placement"):
-        trigger = dataclasses.replace(trigger, placement=config.eval_placement)
+    trigger = placed(poisons.trigger, evaluation_placement(config.trigger, config.eval_placement))
     poisoned = ImageTextDataset.concat([train, read_poison_set(out_dir / "poisons").samples])
 
     jobs = {"clean": train, "backdoor": poisoned}

@@ -17,7 +17,6 @@ one computation (``train_many``; on a GPU, ``poisonclip sweep run --seeds-per-jo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,8 @@ from poisonclip.experiments.backdoor_trial import (
     TriggerKeys,
     backdoor_poisoning,
     clean_surrogate,
-    has_placement,
+    evaluation_placement,
+    placed,
 )
 from poisonclip.experiments.targeted_trial import (
     TargetedPoisoning,
@@ -134,7 +134,7 @@ class BackdoorParams(TriggerKeys):
     # None: the trigger's default; for a trigger without the parameter, None stays (unhashed)
     patch_size: int | None = field(default=None, metadata={ADDED_LATER: True})  # patch side in pixels
     placement: str | None = field(default=None, metadata={ADDED_LATER: True})  # where the poisons carry it
-    # where the test images carry it (evaluation only); "consistent" for a trigger with a placement
+    # where the test images carry it (evaluation only); None: the trigger's default placement
     eval_placement: str | None = field(default=None, metadata={ADDED_LATER: True})
     # zero-shot prompts (evaluation only): a set name (poisonclip.evaluate.zeroshot) or a file
     eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
@@ -146,21 +146,11 @@ class BackdoorParams(TriggerKeys):
         if self.poison_count < 0:
             raise UsageError(f"poison_count must be >= 0, got {self.poison_count}")
         spec = self.resolve_trigger()
-        if not has_placement(self.trigger):
-            if self.eval_placement is not None:
-                raise UsageError(f"eval_placement: trigger {self.trigger!r} has no placement")
-            return
-        object.__setattr__(self, "eval_placement", self.eval_placement or "consistent")
-        try:
-            dataclasses.replace(spec, placement=self.eval_placement)
-        except UsageError as err:
-            raise UsageError(f"eval_placement: {err}") from err
+        object.__setattr__(self, "eval_placement", evaluation_placement(spec, self.eval_placement))
 
     def evaluation_trigger(self, fitted: Trigger) -> Trigger:
         """The trigger the test images carry: the poisons' own, at ``eval_placement`` if it has one."""
-        if self.eval_placement is None:
-            return fitted
-        return dataclasses.replace(fitted, placement=self.eval_placement)
+        return placed(fitted, self.eval_placement)
 
     def training_params(self) -> dict:
         if self.poison_count == 0:  # a clean model: no trigger, target or placement is trained in

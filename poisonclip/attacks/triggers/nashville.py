@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from poisonclip.attacks.triggers.base import Trigger, Triggered, register_trigger, to_pixels
+from poisonclip.attacks.triggers.base import Trigger, register_trigger, to_pixels
 
 if TYPE_CHECKING:
     import torch
+
+    from poisonclip.attacks.triggers.base import Triggered
 
 
 @register_trigger("nashville")

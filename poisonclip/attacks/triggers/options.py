@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from poisonclip.attacks.triggers import Trigger
 
 DEFAULT_TRIGGER = "checkerboard"  # the paper's
+TRIGGER_FROM_HELP = (
+    "apply exactly the trigger of this poison set (its trigger.json: name, parameters and a fitted "
+    "patch), instead of --trigger and its options"
+)
 
 
 def add_trigger_options(parser: argparse.ArgumentParser, from_poison_set: bool = False) -> None:
@@ -51,12 +55,7 @@ def add_trigger_options(parser: argparse.ArgumentParser, from_poison_set: bool =
             help=f"{specs[0][1].metadata.get('help', '')} (default {used})".replace("%", "%%"),
         )
     if from_poison_set:
-        group.add_argument(
-            "--trigger-from",
-            metavar="POISON_DIR",
-            help="apply exactly the trigger of this poison set (its trigger.json: name, parameters and a "
-            "fitted patch), instead of --trigger and its options",
-        )
+        group.add_argument("--trigger-from", metavar="POISON_DIR", help=TRIGGER_FROM_HELP)
 
 
 def trigger_from_args(args: argparse.Namespace) -> Trigger:

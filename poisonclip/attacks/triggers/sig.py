@@ -14,11 +14,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from poisonclip.attacks.triggers.base import Trigger, Triggered, register_trigger, to_pixels
+from poisonclip.attacks.triggers.base import Trigger, register_trigger, to_pixels
 from poisonclip.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
+    from poisonclip.attacks.triggers.base import Triggered
 
 
 @register_trigger("sig")

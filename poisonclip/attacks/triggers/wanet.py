@@ -17,17 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from poisonclip.attacks.triggers.badnets import PATTERN_SEED_HELP
-from poisonclip.attacks.triggers.base import (
-    Trigger,
-    Triggered,
-    register_trigger,
-    to_pixels,
-    trigger_generator,
-)
+from poisonclip.attacks.triggers.base import Trigger, register_trigger, to_pixels, trigger_generator
 from poisonclip.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
+    from poisonclip.attacks.triggers.base import Triggered
 
 
 @register_trigger("wanet")
