@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poisonclip.attacks.triggers.badnets import PATTERN_SEED_HELP
@@ -58,9 +57,8 @@ class BadClip(PatchTrigger):
     patch: Any = field(default=None, repr=False, compare=False, metadata={STATE: True})
 
     def check(self) -> None:
+        # The surrogate is read when fitting only: a fitted patch is re-applied without it.
         super().check()
-        if self.surrogate and not Path(self.surrogate).exists():
-            raise UsageError(f"badclip surrogate checkpoint not found: {self.surrogate}")
         if self.fit_steps < 0 or self.fit_lr <= 0 or min(self.fit_batch_size, self.fit_images) < 1:
             raise UsageError("badclip needs fit_steps >= 0, fit_lr > 0, fit_batch_size and fit_images >= 1")
 
