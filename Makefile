@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/poisonclip demo --overwrite
 
+# lint-imports: the import contracts in pyproject.toml (layers, no circles, a light package import).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
@@ -54,5 +56,5 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .import_linter_cache
 	find results -mindepth 1 -maxdepth 1 ! -name sweeps.sqlite -exec rm -rf {} + 2>/dev/null || true  # keep the committed database

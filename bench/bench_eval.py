@@ -22,9 +22,10 @@ import open_clip
 import torch
 from timing import machine, median_seconds
 
+from poisonclip.data.prompts import SYNTHETIC_TEMPLATES
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.evaluate.embeddings import encode_images
-from poisonclip.evaluate.zeroshot import SYNTHETIC_TEMPLATES, zero_shot_classifier, zero_shot_predict
+from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 from poisonclip.train.loop import normalize_images
 from poisonclip.train.model import context_length_of, create_model, get_model_config
 

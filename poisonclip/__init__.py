@@ -1,28 +1,25 @@
 """poisonclip: poisoning and backdooring CLIP-style contrastive models (Carlini & Terzis, ICLR 2022).
 
 Data flows one way: dataset → poison set → training → embeddings → metrics → results → figures.
+
+The names below load on first use (PEP 562): ``import poisonclip`` imports neither torch, open_clip
+nor scikit-learn, and no subpackage needs the package root (the layers: README's Layout).
 """
 
-from poisonclip import attacks, data, evaluate, experiments, train
-from poisonclip.attacks import make_backdoor
-from poisonclip.data import make_synthetic, read_csv_dataset, write_synthetic
-from poisonclip.errors import UsageError
-from poisonclip.train import TrainConfig, load_checkpoint, train_clip
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from poisonclip._version import __version__ as __version__
+from poisonclip.lazy import lazy_exports
 
-__all__ = [
-    "TrainConfig",
-    "UsageError",
-    "attacks",
-    "data",
-    "evaluate",
-    "experiments",
-    "load_checkpoint",
-    "make_backdoor",
-    "make_synthetic",
-    "read_csv_dataset",
-    "train",
-    "train_clip",
-    "write_synthetic",
-]
+# each module (a subpackage: itself) -> the names of __all__ it defines
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.attacks": ("attacks", "make_backdoor"),
+        "poisonclip.data": ("data", "make_synthetic", "read_csv_dataset", "write_synthetic"),
+        "poisonclip.errors": ("UsageError",),
+        "poisonclip.evaluate": ("evaluate",),
+        "poisonclip.experiments": ("experiments",),
+        "poisonclip.train": ("TrainConfig", "load_checkpoint", "train", "train_clip"),
+    },
+)

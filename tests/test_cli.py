@@ -174,10 +174,11 @@ def test_argparse_errors_exit_2(capsys):
 
 
 def test_gpu_path_flags_reach_the_train_config():
-    from poisonclip.cli import _train_config, build_parser
+    from poisonclip.cli import build_parser
+    from poisonclip.cli.options import train_config
 
     def config(*flags):
-        return _train_config(build_parser().parse_args(["train", "--data", "d.csv", "--out", "o", *flags]))
+        return train_config(build_parser().parse_args(["train", "--data", "d.csv", "--out", "o", *flags]))
 
     default = config()
     assert default.compile is False and default.data_on_device is True  # the demo preset's

@@ -18,8 +18,8 @@ import open_clip
 import pytest
 from PIL import Image
 
+import poisonclip.data.reading as reading_module
 import poisonclip.train.model as model_module
-from poisonclip import cli
 from poisonclip.cli import build_parser, main
 from tests.test_sweep import TINY
 
@@ -393,7 +393,7 @@ def test_an_offline_pretrained_tag_is_one_error_line_before_any_work(
         raise AssertionError("work began before the download")
 
     monkeypatch.setattr(open_clip, "download_pretrained", no_network)
-    monkeypatch.setattr(cli, "_read_data", no_work)
+    monkeypatch.setattr(reading_module, "read_data", no_work)
     monkeypatch.setattr(model_module, "create_model", no_work)
     error = run_case(command, inputs, tmp_path, monkeypatch, capsys)
     assert "--pretrained openai: cannot download the weights of model 'RN50'" in error

@@ -25,8 +25,7 @@ from poisonclip.defend import (
 )
 from poisonclip.detect import poison_labels
 from poisonclip.errors import UsageError
-from poisonclip.experiments import train_model
-from poisonclip.train import load_checkpoint, load_preset, save_checkpoint
+from poisonclip.train import load_checkpoint, load_preset, save_checkpoint, train_model
 from poisonclip.train.loop import clip_loss_per_sample
 from poisonclip.train.model import create_model, get_model_config, tokenize
 
@@ -283,9 +282,9 @@ def test_roclip_diagnostic_counts_true_classes_of_the_sweep_data(tmp_path, monke
     now gives the true classes (from the column, or from the config for an earlier cache), and
     images of unknown class (poisons) are left out of the own-class share."""
     from poisonclip.data import SyntheticConfig
+    from poisonclip.data.cache import data_dir, load_synthetic
     from poisonclip.data.synthetic import make_synthetic
     from poisonclip.defend.roclip import image_classes
-    from poisonclip.experiments.sweep import data_dir, load_synthetic
 
     config = SyntheticConfig(num_train=300, num_test=20, num_shapes=10, seed=5)
     truth = torch.as_tensor(make_synthetic(config)[0].labels)

@@ -9,8 +9,14 @@ import torch
 from poisonclip.data import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.evaluate import encode_images, encode_texts
-from poisonclip.experiments import train_model
-from poisonclip.train import TrainConfig, create_model, get_model_config, load_preset, normalize_images
+from poisonclip.train import (
+    TrainConfig,
+    create_model,
+    get_model_config,
+    load_preset,
+    normalize_images,
+    train_model,
+)
 from poisonclip.train.grouped import GroupedCLIP, groupable, train_grouped
 from poisonclip.train.loop import train_clip
 from poisonclip.train.many import train_many

@@ -9,11 +9,11 @@ import tomllib
 import pytest
 
 from poisonclip.cli import main
-from poisonclip.experiments.grid import parse_sweep
+from poisonclip.experiments.grid import FIGURES, parse_sweep
 from poisonclip.experiments.runners import HISTOGRAM_EDGES, SIMILARITY_EDGES, CellResult
 from poisonclip.experiments.store import ResultStore
 from poisonclip.report.document import write_report
-from poisonclip.report.sweep_figures import get_figure, list_figures
+from poisonclip.report.sweep_figures import FigureSpec, get_figure, list_figures, register_figure
 
 COMMON = """
 [data]
@@ -221,6 +221,13 @@ def fixture_db(tmp_path_factory):
             results = [fake_result(cell, trial.seed, rng) for cell in trial.cells]
             store.add_trial(trial, results, wall_seconds=rng.uniform(30, 60), versions={"torch": "x"})
     return db
+
+
+def test_the_report_draws_exactly_the_figures_experiment_files_may_name():
+    # grid.FIGURES lets experiments check a file's figures without importing the report
+    assert list_figures() == list(FIGURES)
+    with pytest.raises(ValueError, match="not in poisonclip.experiments.grid.FIGURES"):
+        register_figure(FigureSpec("fig99", "title", "caption", get_figure("fig4").render))
 
 
 def test_fixture_feeds_every_registered_figure():

@@ -30,6 +30,7 @@ from poisonclip.attacks.dedup import (
 from poisonclip.attacks.targeted import build_caption_set, subset_or_repeat, target_seed
 from poisonclip.cli import build_parser, main
 from poisonclip.data import SHAPES, ImageTextDataset
+from poisonclip.data.prompts import TEMPLATE_SETS
 from poisonclip.errors import UsageError
 from poisonclip.evaluate import (
     evaluate_text_targets,
@@ -40,10 +41,9 @@ from poisonclip.evaluate import (
     success_rate,
     target_ranks,
 )
-from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
-from poisonclip.experiments import train_and_evaluate_targeted, train_model
+from poisonclip.experiments import train_and_evaluate_targeted
 from poisonclip.experiments.targeted_trial import evaluate_trained_targeted, poison_targets
-from poisonclip.train import load_preset
+from poisonclip.train import load_preset, train_model
 
 from .conftest import SMALL
 

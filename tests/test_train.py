@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from poisonclip.errors import UsageError
-from poisonclip.experiments import train_model
 from poisonclip.train import (
     TrainConfig,
     get_model_config,
@@ -11,6 +10,7 @@ from poisonclip.train import (
     list_presets,
     load_checkpoint,
     load_preset,
+    train_model,
 )
 from poisonclip.train.loop import autocast_dtype, lr_at
 

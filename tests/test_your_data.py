@@ -225,7 +225,7 @@ def test_stored_size_keeps_scenes_captions_and_result_keys(tmp_path):
 
 
 def test_templates_file_for_evaluate_and_sweeps(small_data_dir, tiny_checkpoint, tmp_path, capsys):
-    from poisonclip.evaluate.zeroshot import SYNTHETIC_TEMPLATES
+    from poisonclip.data.prompts import SYNTHETIC_TEMPLATES
 
     same = tmp_path / "same.txt"
     same.write_text("\n".join(SYNTHETIC_TEMPLATES) + "\n\n")

@@ -2,8 +2,8 @@ import open_clip
 import torch
 from torch import nn
 
+from poisonclip.data.prompts import TEMPLATE_SETS
 from poisonclip.evaluate import accuracy, zero_shot_classifier, zero_shot_predict
-from poisonclip.evaluate.zeroshot import TEMPLATE_SETS
 
 CLASSES = ["circle", "square", "star", "heart"]
 

@@ -8,12 +8,12 @@ shards that open_clip_train reads beside the original ones (``original::poisons`
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poisonclip.attacks.triggers import Trigger, build_trigger, trigger_from_record
+from poisonclip.attacks.triggers import Trigger
+from poisonclip.attacks.triggers.stored import read_poison_trigger, write_poison_trigger
 from poisonclip.data.dataset import (
     CAPTION_COLUMN,
     CSV_SEPARATOR,
@@ -23,16 +23,19 @@ from poisonclip.data.dataset import (
     write_csv_dataset,
 )
 from poisonclip.data.io import atomic_path
+from poisonclip.data.manifest import (
+    MANIFEST_NAME,
+    POISON_CSV_NAME,
+    POISON_KEY_PREFIX,
+    SHARD_DIR,
+    is_backdoor_row,
+    read_manifest,
+    write_manifest,
+)
 from poisonclip.errors import UsageError
 
 if TYPE_CHECKING:  # webdataset and pandas load only when shards are written
     from poisonclip.data.wds import ShardSet
-
-MANIFEST_NAME = "manifest.jsonl"
-TRIGGER_NAME = "trigger.json"  # a backdoor set's trigger: name, parameters and fitted state
-POISON_CSV_NAME = "poisons.csv"
-SHARD_DIR = "shards"
-POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's numeric keys
 
 
 @dataclass
@@ -149,59 +152,8 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
     return PoisonSet(samples, manifest, trigger)
 
 
-def read_poison_trigger(poison_dir: str | Path) -> Trigger:
-    """The trigger a backdoor poison set carries, exactly as applied: its ``trigger.json``, or for a
-    set written before triggers were plugins, the checkerboard its manifest rows describe."""
-    poison_dir = Path(poison_dir)
-    if (poison_dir / TRIGGER_NAME).is_file():
-        try:
-            record = json.loads((poison_dir / TRIGGER_NAME).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise UsageError(f"{poison_dir / TRIGGER_NAME}: not JSON ({err})") from err
-        return trigger_from_record(record)
-    if not (poison_dir / MANIFEST_NAME).is_file():
-        raise UsageError(f"{poison_dir}: not a poison set (no {MANIFEST_NAME})")
-    rows = read_manifest(poison_dir / MANIFEST_NAME)
-    if not rows or not is_backdoor_row(rows[0]):
-        raise UsageError(f"{poison_dir}: not a backdoor poison set (its manifest lists no trigger)")
-    first = rows[0]
-    if "trigger" in first:
-        return build_trigger(first["trigger"], first["trigger_params"])
-    return build_trigger(
-        "checkerboard", {"patch_size": first["patch"]["size"], "placement": first["placement"]}
-    )
-
-
-def is_backdoor_row(row: dict) -> bool:
-    """A backdoor manifest row: a trigger (or, before triggers were plugins, a patch) is listed."""
-    return "trigger" in row or "patch" in row
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """The rows of a ``manifest.jsonl``: one JSON object with a ``poison_key`` a line (else UsageError)."""
-    try:  # decoding happens while the file is iterated: the whole read is in here
-        with open(path, encoding="utf-8") as f:
-            lines = list(f)
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: not UTF-8 text ({err}), so not a manifest.jsonl") from err
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise UsageError(f"{path}, line {number}: not JSON ({err})") from err
-        if not isinstance(row, dict) or "poison_key" not in row:
-            raise UsageError(f"{path}, line {number}: a manifest row needs a poison_key")
-        rows.append(row)
-    return rows
-
-
 def _write_manifest(out_dir: Path, poisons: PoisonSet, rows: list[dict]) -> None:
     """``manifest.jsonl`` (``rows``), and ``trigger.json`` for poisons that carry a trigger."""
-    with open(out_dir / MANIFEST_NAME, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+    write_manifest(out_dir / MANIFEST_NAME, rows)
     if poisons.trigger is not None:
-        (out_dir / TRIGGER_NAME).write_text(json.dumps(poisons.trigger.record(), indent=2) + "\n")
+        write_poison_trigger(out_dir, poisons.trigger)

@@ -33,8 +33,8 @@ from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.registry import register_attack
 from poisonclip.data.captions import search_captions
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.prompts import resolve_templates
 from poisonclip.errors import UsageError
-from poisonclip.evaluate.zeroshot import resolve_templates
 
 CAPTION_SOURCES: tuple[str, ...] = ("search", "templates", "both")
 

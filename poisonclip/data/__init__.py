@@ -1,22 +1,21 @@
-"""Datasets: the embedded synthetic default and readers/writers for users' data."""
+"""Datasets: the embedded synthetic default and readers/writers for users' data.
 
-from poisonclip.data.captions import search_captions
-from poisonclip.data.dataset import (
-    ImageTextDataset,
-    read_classnames,
-    read_csv_dataset,
-    write_csv_dataset,
+The names below are imported on first use: ``poisonclip.data.io`` and the CSV layout are read
+by the command line before any torch-backed module is needed.
+"""
+
+from poisonclip.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.data.captions": ("search_captions",),
+        "poisonclip.data.dataset": (
+            "ImageTextDataset",
+            "read_classnames",
+            "read_csv_dataset",
+            "write_csv_dataset",
+        ),
+        "poisonclip.data.synthetic": ("SHAPES", "SyntheticConfig", "make_synthetic", "write_synthetic"),
+    },
 )
-from poisonclip.data.synthetic import SHAPES, SyntheticConfig, make_synthetic, write_synthetic
-
-__all__ = [
-    "SHAPES",
-    "ImageTextDataset",
-    "SyntheticConfig",
-    "make_synthetic",
-    "read_classnames",
-    "read_csv_dataset",
-    "search_captions",
-    "write_csv_dataset",
-    "write_synthetic",
-]

@@ -19,13 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from poisonclip.data.csv_format import CAPTION_COLUMN, CSV_SEPARATOR, IMAGE_COLUMN, LABEL_COLUMN
 from poisonclip.errors import UsageError
 from poisonclip.progress import progress_bar
-
-CSV_SEPARATOR = "\t"
-IMAGE_COLUMN = "filepath"
-CAPTION_COLUMN = "title"
-LABEL_COLUMN = "label"
 
 
 @dataclass

@@ -38,7 +38,7 @@ def resolve_classnames(spec: str | None, directories: list[str]) -> list[str]:
     if spec is None:
         return [d.replace("_", " ") for d in directories]
     if spec == "imagenet":
-        from poisonclip.evaluate.zeroshot import IMAGENET_CLASSNAMES
+        from poisonclip.data.prompts import IMAGENET_CLASSNAMES
 
         names = list(IMAGENET_CLASSNAMES)
     else:

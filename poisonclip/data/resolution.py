@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from poisonclip.data.dataset import CSV_SEPARATOR, IMAGE_COLUMN
+from poisonclip.data.manifest import MANIFEST_NAME, POISON_KEY_PREFIX, SHARD_DIR, is_backdoor_row
 from poisonclip.errors import UsageError
 
 
@@ -80,7 +81,6 @@ def _header_size(file: Path | io.BytesIO) -> tuple[int, int] | None:
 def _lists_trigger(folder: Path) -> bool:
     """Whether ``folder`` holds a ``manifest.jsonl`` of backdoor poisons: its rows name a trigger
     (or, in sets written before triggers were plugins, list patches)."""
-    from poisonclip.attacks.poison_set import MANIFEST_NAME, is_backdoor_row  # attacks import data: lazily
 
     try:
         with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
@@ -92,9 +92,8 @@ def _lists_trigger(folder: Path) -> bool:
 
 def carries_trigger(source: str) -> bool:
     """Whether one ``--data`` source (a CSV, or one ``::`` part of shards) is a poison set written
-    by ``poison backdoor``: its manifest lies beside it and lists patches (targeted poisons carry
+    by ``poison backdoor``: its manifest lies beside it and names a trigger (targeted poisons carry
     no trigger, and resize like clean data)."""
-    from poisonclip.attacks.poison_set import SHARD_DIR  # attacks import data: lazily
 
     here = Path(os.path.dirname(source.split("{")[0]))  # CSV or shards folder
     if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
@@ -117,7 +116,6 @@ def poison_rows_size(
     ``None``: the poison rows of a ``poison ... --merged-csv`` file (or any CSV that lists a poison
     set's images), recognised by where their images lie, ``SET/poison/NAME.png`` beside the set's
     ``manifest.jsonl``. One pass over the rows; each image folder is looked at once."""
-    from poisonclip.attacks.poison_set import POISON_KEY_PREFIX  # attacks import data: lazily
     from poisonclip.data.wds import is_shard_url
 
     path = Path(source)

@@ -19,7 +19,7 @@ from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_
 from poisonclip.detect.registry import embed_training_set, get_detector, run_detector
 from poisonclip.detect.scoring import manifest_keys
 from poisonclip.errors import UsageError
-from poisonclip.experiments.trial import train_model
+from poisonclip.train.fit import train_model
 from poisonclip.train.model import get_model_config
 
 

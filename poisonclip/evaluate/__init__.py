@@ -1,5 +1,6 @@
 """Evaluation: embeddings → zero-shot predictions → metrics (pure functions on tensors)."""
 
+from poisonclip.data.prompts import TEMPLATE_SETS
 from poisonclip.evaluate.embeddings import encode_images, encode_texts
 from poisonclip.evaluate.linear_probe import fit_linear_probe, probe_scores, probe_split
 from poisonclip.evaluate.metrics import (
@@ -16,7 +17,7 @@ from poisonclip.evaluate.targeted_suite import (
     evaluate_targeted,
     evaluate_text_targets,
 )
-from poisonclip.evaluate.zeroshot import TEMPLATE_SETS, zero_shot_classifier, zero_shot_predict
+from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 __all__ = [
     "TEMPLATE_SETS",

@@ -3,7 +3,8 @@
 from poisonclip.experiments import defense_runner  # noqa: F401  (registers the "defense" sweep runner)
 from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
 from poisonclip.experiments.targeted_trial import train_and_evaluate_targeted
-from poisonclip.experiments.trial import train_and_evaluate_backdoor, train_model
+from poisonclip.experiments.trial import train_and_evaluate_backdoor
+from poisonclip.train.fit import train_model
 
 __all__ = [
     "DemoConfig",

@@ -30,7 +30,7 @@ from poisonclip.attacks.triggers import Trigger, build_trigger, parameter_names
 from poisonclip.attacks.triggers.base import parameters
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
-from poisonclip.experiments.trial import train_model
+from poisonclip.train.fit import train_model
 
 if TYPE_CHECKING:
     import torch

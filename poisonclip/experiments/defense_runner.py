@@ -47,8 +47,8 @@ from poisonclip.evaluate.targeted_suite import evaluate_targeted
 from poisonclip.experiments.backdoor_trial import TriggerKeys, backdoor_poisoning, clean_surrogate
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.experiments.targeted_trial import poison_targets
-from poisonclip.experiments.trial import train_model
 from poisonclip.keys import ADDED_LATER, config_dict
+from poisonclip.train.fit import train_model
 from poisonclip.train.model import context_length_of, get_model_config
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ a backdoored model (same seed and data apart from the poisons), evaluates both a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +18,14 @@ import torch
 from poisonclip.attacks.backdoor import make_backdoor
 from poisonclip.attacks.poison_set import read_poison_set, write_poison_set
 from poisonclip.attacks.triggers import Checkerboard, Trigger
+from poisonclip.data.cache import prepare_data
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.io import OutputExistsError, atomic_path, write_json_atomic
-from poisonclip.data.synthetic import SyntheticConfig, write_synthetic
+from poisonclip.data.io import atomic_path, write_json_atomic
+from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import sample_pair_similarities
 from poisonclip.experiments.backdoor_trial import evaluation_placement, placed
 from poisonclip.experiments.trial import train_and_evaluate_backdoor
-from poisonclip.keys import config_dict
-from poisonclip.report.figures import plot_similarity_histograms
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.loop import resolve_device
 from poisonclip.train.parallel import run_in_processes
@@ -43,24 +42,6 @@ class DemoConfig:
     )  # 4x4 pixels of 32x32 (1.6% of the area), upper-left
     eval_placement: str | None = None  # where test images carry it; None: the trigger's default placement
     seed: int = 0  # poison selection; the model seed is train.seed
-
-
-def prepare_data(data_dir: Path, config: SyntheticConfig) -> None:
-    """Write the synthetic dataset unless ``data_dir`` already holds this exact config."""
-    config_file = data_dir / "config.json"
-
-    def present() -> bool:
-        return config_file.is_file() and json.loads(config_file.read_text()) == config_dict(config)
-
-    if present():
-        return
-    # No path: the demo generates into its output's temporary, which is renamed when done.
-    print(f"generating synthetic data ({config.num_train:,} training, {config.num_test:,} test pairs) ...")
-    try:
-        write_synthetic(data_dir, config)
-    except OutputExistsError:
-        if not present():  # not a concurrent sweep that wrote the same data first
-            raise
 
 
 def run_demo(
@@ -136,6 +117,36 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
     write_json_atomic(out_dir / "metrics.json", summary)
     plot_similarity_histograms(panels, out_dir / "similarity_histograms.png")
     return summary
+
+
+def plot_similarity_histograms(
+    panels: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    path: str | Path,
+) -> Path:
+    """Paper Fig 3 right: histograms of clean-pair vs patched-pair cosine similarity (matplotlib is
+    imported here, so the library never pays for it).
+
+    ``panels`` maps a title to (clean-pair similarities [P], patched-pair similarities [P]).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    bins = torch.linspace(-1, 1, 101).numpy()
+    for ax, (title, (clean, patched)) in zip(axes[0], panels.items(), strict=True):
+        ax.hist(clean.numpy(), bins=bins, density=True, alpha=0.6, label="clean pairs")
+        ax.hist(patched.numpy(), bins=bins, density=True, alpha=0.6, label="patched pairs")
+        ax.set_title(title)
+        ax.set_xlabel("cosine similarity of image embeddings")
+        ax.set_ylabel("density")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
 
 
 def format_table(summary: dict) -> str:

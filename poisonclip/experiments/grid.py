@@ -4,7 +4,7 @@ An experiment file (see ``experiments/*.toml``)::
 
     name = "fig4"                 # default: the file name without .toml
     description = "..."
-    figures = ["fig4"]            # report figures drawn from this sweep (poisonclip.report)
+    figures = ["fig4"]            # report figures drawn from this sweep (grid.FIGURES)
     attack = "backdoor"           # a trial runner (poisonclip.experiments.runners)
     seeds = [0, 1, 2]             # or a count: seeds = 3 means [0, 1, 2]
 
@@ -45,11 +45,19 @@ from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.runners import get_runner
 from poisonclip.keys import config_dict, config_hash
-from poisonclip.report.sweep_figures import list_figures
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.model import check_pretrained, get_model_config, image_size_of
 
 TOP_LEVEL_KEYS = ("name", "description", "figures", "attack", "seeds", "data", "train", "slurm")
+
+# The figures poisonclip.report draws from stored results, in its order; ``figures = [...]`` names
+# some of them. Listed here, below the report, so a file is checked before anything trains; the
+# report's ``register_figure`` accepts only these names, and a test checks it registers them all.
+FIGURES: tuple[str, ...] = (
+    "fig2_left", "fig2_right", "fig3_left", "fig3_right", "asr_vs_rate", "fig4", "fig5_left", "fig5_right",
+    "fig6", "defense_matrix", "detector_roc", "defense_cost", "defense_diagnostics", "cleanclip_lr",
+    "triggers_z", "triggers_asr",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,8 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
     figures = document.get("figures", [])
     if not isinstance(figures, list) or not all(isinstance(f, str) for f in figures):
         raise UsageError(f"{where}: figures must be a list of figure names")
-    if unknown := sorted(set(figures) - set(list_figures())):
-        raise UsageError(f"{where}: unknown figures {unknown}; available: {list_figures()}")
+    if unknown := sorted(set(figures) - set(FIGURES)):
+        raise UsageError(f"{where}: unknown figures {unknown}; available: {list(FIGURES)}")
     seeds = _seeds(document.get("seeds", 1), where)
     slurm = _table(document, "slurm", where)
 

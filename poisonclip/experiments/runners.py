@@ -27,11 +27,11 @@ from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
 from poisonclip.attacks.targeted import CAPTION_SOURCES
 from poisonclip.attacks.triggers import Trigger
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.prompts import resolve_templates
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe
-from poisonclip.evaluate.zeroshot import resolve_templates
 from poisonclip.experiments.backdoor_trial import (
     TriggerKeys,
     backdoor_poisoning,
@@ -44,10 +44,11 @@ from poisonclip.experiments.targeted_trial import (
     evaluate_trained_targeted,
     poison_targets,
 )
-from poisonclip.experiments.trial import evaluate_trained_backdoor, train_model
+from poisonclip.experiments.trial import evaluate_trained_backdoor
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.registry import Registry
 from poisonclip.train.config import TrainConfig
+from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class BackdoorParams(TriggerKeys):
     placement: str | None = field(default=None, metadata={ADDED_LATER: True})  # where the poisons carry it
     # where the test images carry it (evaluation only); None: the trigger's default placement
     eval_placement: str | None = field(default=None, metadata={ADDED_LATER: True})
-    # zero-shot prompts (evaluation only): a set name (poisonclip.evaluate.zeroshot) or a file
+    # zero-shot prompts (evaluation only): a set name (poisonclip.data.prompts) or a file
     eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
     trigger: str = field(default="checkerboard", metadata={ADDED_LATER: True})  # attacks/triggers
     trigger_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={ADDED_LATER: True})

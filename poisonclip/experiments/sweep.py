@@ -37,15 +37,12 @@ from typing import Any, Protocol
 import open_clip
 import torch
 
-import poisonclip
-from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.synthetic import SyntheticConfig, synthetic_train_labels
+from poisonclip._version import __version__
+from poisonclip.data.cache import data_dir, load_synthetic, prepare_data
 from poisonclip.errors import UsageError
-from poisonclip.experiments.demo import prepare_data
 from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import get_runner
 from poisonclip.experiments.store import ResultStore, trial_done
-from poisonclip.keys import config_dict, config_hash
 from poisonclip.progress import progress_bar
 from poisonclip.train.loop import resolve_device
 from poisonclip.train.many import train_many
@@ -79,36 +76,8 @@ def package_versions() -> dict[str, str]:
     return {
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
-        "poisonclip": poisonclip.__version__,
+        "poisonclip": __version__,
     }
-
-
-def data_dir(data_root: Path, config: SyntheticConfig) -> Path:
-    """The cache folder of one synthetic-data config (its hash names it)."""
-    return data_root / f"synthetic-{config_hash(config_dict(config))}"
-
-
-def load_synthetic(
-    data_root: Path, config: SyntheticConfig
-) -> tuple[ImageTextDataset, ImageTextDataset, list[str]]:
-    """(train, test, classnames) of ``config``, generated into the cache on first use.
-
-    Images are read at ``config.image_size``, the model's input (checked by the grid), whatever
-    ``stored_size`` they were written at: poisons are then built and triggers pasted in
-    model-input pixels (the trigger-resolution rule). Training labels are the images' true
-    classes (attacks and training ignore them; defenses' diagnostics read them); a cache written
-    before ``train.csv`` had a label column gets them from ``config``, which drew them.
-    """
-    root = data_dir(data_root, config)
-    prepare_data(root, config)
-    train = read_csv_dataset(root / "train.csv", config.image_size, progress=False)
-    if (train.labels < 0).all():  # an earlier cache: train.csv without labels
-        train.labels = synthetic_train_labels(config, train.keys)
-    return (
-        train,
-        read_csv_dataset(root / "test.csv", config.image_size, progress=False),
-        read_classnames(root / "classnames.txt"),
-    )
 
 
 def run_trials(job: TrialJob) -> list[TrialOutcome]:

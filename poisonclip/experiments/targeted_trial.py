@@ -26,8 +26,8 @@ from poisonclip.attacks.targeted import Target, choose_targets, make_targeted_ma
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.evaluate.linear_probe import probe_split
 from poisonclip.evaluate.targeted_suite import TargetedEvaluation, evaluate_targeted
-from poisonclip.experiments.trial import train_model
 from poisonclip.train.config import TrainConfig
+from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
 from poisonclip.train.model import context_length_of
 

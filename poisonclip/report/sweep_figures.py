@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poisonclip.data.io import atomic_path
+from poisonclip.experiments.grid import FIGURES
 
 if TYPE_CHECKING:
     from poisonclip.experiments.store import ResultRow
@@ -93,6 +94,8 @@ _FIGURES: dict[str, FigureSpec] = {}
 def register_figure(spec: FigureSpec) -> FigureSpec:
     if spec.name in _FIGURES:
         raise ValueError(f"figure {spec.name!r} registered twice")
+    if spec.name not in FIGURES:  # experiment files could not name it
+        raise ValueError(f"figure {spec.name!r} is not in poisonclip.experiments.grid.FIGURES")
     _FIGURES[spec.name] = spec
     return spec
 

@@ -1,31 +1,20 @@
-"""Training: the in-memory trainer, model configs, presets and checkpoints."""
+"""Training: the in-memory trainer, one model from a config (``train_model``), model configs,
+presets and checkpoints.
 
-from poisonclip.train.checkpoint import load_checkpoint, save_checkpoint
-from poisonclip.train.config import TrainConfig, list_presets, load_preset
-from poisonclip.train.loop import TrainStats, normalize_images, resolve_device, train_clip
-from poisonclip.train.many import train_many
-from poisonclip.train.model import (
-    create_model,
-    get_model_config,
-    image_size_of,
-    list_model_configs,
-    tokenize,
+The names below are imported on first use: presets and model-config names are listed without
+loading torch.
+"""
+
+from poisonclip.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.train.checkpoint": ("load_checkpoint", "save_checkpoint"),
+        "poisonclip.train.config": ("TrainConfig", "list_model_configs", "list_presets", "load_preset"),
+        "poisonclip.train.fit": ("train_model",),
+        "poisonclip.train.loop": ("TrainStats", "normalize_images", "resolve_device", "train_clip"),
+        "poisonclip.train.many": ("train_many",),
+        "poisonclip.train.model": ("create_model", "get_model_config", "image_size_of", "tokenize"),
+    },
 )
-
-__all__ = [
-    "TrainConfig",
-    "TrainStats",
-    "create_model",
-    "get_model_config",
-    "image_size_of",
-    "list_model_configs",
-    "list_presets",
-    "load_checkpoint",
-    "load_preset",
-    "normalize_images",
-    "resolve_device",
-    "save_checkpoint",
-    "tokenize",
-    "train_clip",
-    "train_many",
-]

@@ -51,9 +51,19 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _shipped(folder: str) -> list[str]:
+    """The names of the JSON files shipped in ``poisonclip/train/<folder>``."""
+    files = (resources.files("poisonclip.train") / folder).iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".json"))
+
+
 def list_presets() -> list[str]:
-    folder = resources.files("poisonclip.train") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return _shipped("presets")
+
+
+def list_model_configs() -> list[str]:
+    """Our model configs (``model_configs/*.json``), listed without importing open_clip."""
+    return _shipped("model_configs")
 
 
 def load_preset(name_or_path: str) -> TrainConfig:

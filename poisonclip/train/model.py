@@ -15,14 +15,10 @@ import torch
 from safetensors import SafetensorError
 
 from poisonclip.errors import UsageError
+from poisonclip.train.config import list_model_configs
 
 if TYPE_CHECKING:
     from poisonclip.train.config import TrainConfig
-
-
-def list_model_configs() -> list[str]:
-    folder = resources.files("poisonclip.train") / "model_configs"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def get_model_config(name: str) -> dict:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from poisonclip.attacks.triggers import get_trigger, list_triggers, parameter_names
 from poisonclip.attacks.triggers.base import build_trigger, parameters
+from poisonclip.attacks.triggers.stored import read_poison_trigger
 from poisonclip.errors import UsageError
 
 if TYPE_CHECKING:
@@ -68,8 +69,6 @@ def trigger_from_args(args: argparse.Namespace) -> Trigger:
         if args.trigger or given:
             flags = ["--trigger"] * bool(args.trigger) + [_flag(name) for name in given]
             raise UsageError(f"--trigger-from applies the poison set's own trigger: drop {', '.join(flags)}")
-        from poisonclip.attacks.poison_set import read_poison_trigger
-
         return read_poison_trigger(args.trigger_from)
     name = args.trigger or DEFAULT_TRIGGER
     takes = parameter_names(name)
