@@ -9,6 +9,8 @@ from poisonclip.train.parallel import torch_threads
 torch.set_num_threads(2)
 
 SMALL = SyntheticConfig(num_train=400, num_test=120, num_shapes=10, seed=3)
+# An experiment file's data and recipe for sweeps that train in seconds.
+TINY_GRID = '[data]\nnum_train = 300\nnum_test = 120\nnum_shapes = 10\n[train]\npreset = "tiny"\n'
 
 
 @pytest.fixture(scope="session")

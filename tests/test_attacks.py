@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from poisonclip.attacks import (
-    apply_patch,
+    Checkerboard,
     checkerboard,
     get_attack,
     list_attacks,
@@ -24,19 +24,21 @@ def test_checkerboard_pattern():
     assert patch_area_fraction(16, 224) == pytest.approx(0.0051, abs=1e-4)
 
 
-def test_apply_patch_changes_exactly_the_patch_region():
+def test_the_checkerboard_changes_exactly_the_patch_region():
     images = torch.full((2, 3, 10, 10), 7, dtype=torch.uint8)
-    out = apply_patch(images, torch.tensor([[0, 0], [5, 3]]), 3)
+    triggered = Checkerboard(3, "random").apply(images, torch.Generator().manual_seed(0))
+    out, (first, second) = triggered.images, [r["patch"] for r in triggered.records]
     assert (images == 7).all()  # input untouched
-    changed = (out != 7).any(dim=1)
-    assert changed[0, :3, :3].any() and not changed[0, 3:, :].any() and not changed[0, :, 3:].any()
-    assert torch.equal(out[1, :, 5:8, 3:6], checkerboard(3))
-    assert (out[1, :, :5] == 7).all()
+    for i, at in enumerate((first, second)):
+        y, x = at["y"], at["x"]
+        assert torch.equal(out[i, :, y : y + 3, x : x + 3], checkerboard(3)) and at["size"] == 3
+        out[i, :, y : y + 3, x : x + 3] = 7
+    assert (out == 7).all()  # nothing else changed
 
 
 @pytest.mark.parametrize("placement", ["consistent", "random"])
 def test_backdoor_positions_sizes_and_manifest(small_train, placement):
-    poisons = make_backdoor(small_train, "star", 30, patch_size=5, placement=placement, seed=1)
+    poisons = make_backdoor(small_train, "star", 30, Checkerboard(5, placement), seed=1)
     assert len(poisons) == 30 and len(poisons.manifest) == 30
     positions = {(r["patch"]["y"], r["patch"]["x"]) for r in poisons.manifest}
     if placement == "consistent":
@@ -56,7 +58,8 @@ def test_backdoor_positions_sizes_and_manifest(small_train, placement):
         expected[:, y : y + 5, x : x + 5] = checkerboard(5)
         assert torch.equal(poisons.samples.images[i], expected)
         assert row["caption"] == small_train.captions[small_train.keys.index(row["caption_source_key"])]
-        assert row["seed"] == 1 and row["placement"] == placement
+        assert row["seed"] == 1 and row["trigger"] == "checkerboard"
+        assert row["trigger_params"] == {"patch_size": 5, "placement": placement}
 
 
 def test_backdoor_is_deterministic(small_train):
@@ -68,7 +71,7 @@ def test_backdoor_is_deterministic(small_train):
 
 
 def test_poison_set_round_trip_and_manifest_file(small_train, tmp_path):
-    poisons = make_backdoor(small_train, "star", 12, placement="random", seed=2)
+    poisons = make_backdoor(small_train, "star", 12, Checkerboard(placement="random"), seed=2)
     write_poison_set(tmp_path / "p", poisons)
     lines = (tmp_path / "p" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == poisons.manifest
@@ -80,15 +83,17 @@ def test_poison_set_round_trip_and_manifest_file(small_train, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"patch_size": 33}, "does not fit"),
+        ({"trigger": {"patch_size": 33}}, "does not fit"),
         ({"target_label": "zebra"}, "appears in no training caption"),
         ({"poison_count": 10_000}, "exceeds the 400 images"),
-        ({"placement": "middle"}, "placement must be one of"),
+        ({"trigger": {"placement": "middle"}}, "placement must be one of"),
     ],
 )
 def test_backdoor_bad_inputs(small_train, kwargs, message):
     args = {"target_label": "star", "poison_count": 10, **kwargs}
     with pytest.raises(UsageError, match=message):
+        if "trigger" in args:
+            args["trigger"] = Checkerboard(**args["trigger"])
         make_backdoor(small_train, **args)
 
 

@@ -1,5 +1,6 @@
-"""The command line answers ``--help`` and ``list presets|models|detectors|defenses`` without loading
-torch: the parsers import light modules only, and each command imports the library when it runs."""
+"""The command line answers ``--help`` and ``list presets|models|triggers|detectors|defenses``
+without loading torch: the parsers import light modules only, and each command imports the library
+when it runs."""
 
 from __future__ import annotations
 
@@ -32,13 +33,20 @@ def test_help_of_every_command_loads_no_heavy_library():
     assert heavy_imports_after(code) == []
 
 
-@pytest.mark.parametrize("what", ["presets", "models", "detectors", "defenses"])
+@pytest.mark.parametrize("what", ["presets", "models", "triggers", "detectors", "defenses"])
 def test_listing_loads_no_heavy_library(what):
     assert heavy_imports_after(f"assert main(['list', {what!r}]) == 0") == []
 
 
-def test_the_placement_choices_are_the_library_ones():
-    from poisonclip.attacks.patch import PLACEMENTS
-    from poisonclip.cli import options
+@pytest.mark.parametrize("command", [["poison", "backdoor"], ["evaluate"], ["demo"]])
+def test_backdoor_commands_offer_every_trigger_and_its_parameters(command, capsys):
+    from poisonclip.attacks.triggers import get_trigger, list_triggers
+    from poisonclip.attacks.triggers.base import parameters
+    from poisonclip.cli import main
 
-    assert options.PLACEMENTS == PLACEMENTS
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    shown = capsys.readouterr().out.split()
+    names = {f.name for trigger in list_triggers() for f in parameters(get_trigger(trigger))}
+    assert {"--trigger", *(f"--{name.replace('_', '-')}" for name in names)} <= set(shown)
+    assert ("--trigger-from" in shown) == (command == ["evaluate"])

@@ -58,7 +58,7 @@ def identity(x):
 
 @pytest.fixture(scope="module")
 def poisoned(small_train):
-    poisons = make_backdoor(small_train, "star", 20, patch_size=4, seed=0)
+    poisons = make_backdoor(small_train, "star", 20, seed=0)
     return ImageTextDataset.concat([small_train, poisons.samples]), poisons
 
 
@@ -300,7 +300,7 @@ def test_roclip_diagnostic_counts_true_classes_of_the_sweep_data(tmp_path, monke
     assert "label" not in (old_root / "train.csv").read_text().splitlines()[0]
     assert torch.equal(old_train.labels, truth) and old_train.keys == train.keys
 
-    poisons = make_backdoor(train, "star", 8, patch_size=4, seed=0)
+    poisons = make_backdoor(train, "star", 8, seed=0)
     dataset = ImageTextDataset.concat([train, poisons.samples])
     caption_classes = named_classes(dataset.captions, classnames)
     classes = image_classes(dataset, classnames)

@@ -1,4 +1,4 @@
-from poisonclip.attacks import make_backdoor
+from poisonclip.attacks import Checkerboard, make_backdoor
 from poisonclip.data import ImageTextDataset
 from poisonclip.experiments import train_and_evaluate_backdoor
 from poisonclip.train import load_preset
@@ -8,10 +8,11 @@ from .conftest import SMALL
 
 def test_same_seed_gives_identical_poisons_and_metrics(small_train, small_test):
     def run():
-        poisons = make_backdoor(small_train, "star", 10, patch_size=3, placement="random", seed=4)
+        trigger = Checkerboard(3, "random")
+        poisons = make_backdoor(small_train, "star", 10, trigger, seed=4)
         data = ImageTextDataset.concat([small_train, poisons.samples])
         metrics, _ = train_and_evaluate_backdoor(
-            data, small_test, list(SMALL.classnames), load_preset("tiny"), "star", 3, "random", progress=False
+            data, small_test, list(SMALL.classnames), load_preset("tiny"), "star", trigger, progress=False
         )
         return poisons.manifest, {k: v for k, v in metrics.items() if "second" not in k}  # timings differ
 

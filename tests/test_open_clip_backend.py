@@ -253,7 +253,7 @@ def test_open_clip_train_sees_images_at_the_models_size_unchanged(tmp_path, caps
     stored pixels; a user's --aug-cfg replaces it."""
     from open_clip.transform import image_transform
 
-    from poisonclip.attacks.patch import checkerboard
+    from poisonclip.attacks.triggers.checkerboard import checkerboard
 
     assert run(["train", "--backend", "open_clip", "--data", "a/{00000..00009}.tar", "--train-num-samples",
                 1000, "--out", tmp_path / "ck", "--preset", "tiny", "--dry-run"]) == 0  # fmt: skip

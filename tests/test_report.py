@@ -55,6 +55,13 @@ seeds = 3
 poison_count = 50
 patch_size = [1, 2, 4]
 """,
+    "triggers": """
+figures = ["triggers_z", "triggers_asr"]
+seeds = 2
+[backdoor]
+poison_count = [0, 10, 50]
+trigger = ["checkerboard", "blended", "badnets"]
+""",
     "targeted": """
 figures = ["fig2_left"]
 attack = "targeted"
@@ -162,7 +169,8 @@ def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
         return fake_defense_result(cell, rng)
     p = cell.params
     rate = p.poison_count / (cell.data.num_train + p.poison_count)
-    strength = (1 - math.exp(-p.poison_count / 20)) * min(1.0, p.patch_size / 3)
+    patch = p.patch_size or cell.data.image_size  # a whole-image trigger has no patch size
+    strength = (1 - math.exp(-p.poison_count / 20)) * min(1.0, patch / 3)
     if p.placement != p.eval_placement:
         strength *= 0.5
     zscore = 2.5 * strength + rng.gauss(0, 0.2)
@@ -175,7 +183,7 @@ def fake_result(cell, seed: int, rng: random.Random) -> CellResult:
         "probe_natural_rate": 0.04 + rng.uniform(-0.01, 0.01),
         "probe_acc": 0.85 + rng.uniform(-0.05, 0.05),
         "poison_rate": rate,
-        "patch_area_fraction": p.patch_size**2 / 32**2,
+        "patch_area_fraction": patch**2 / 32**2,
         "num_params": 40 * VISUAL_PARAMS[cell.train.model],
         "num_params_visual": VISUAL_PARAMS[cell.train.model],
         "clean_pair_mean": 0.2,

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from poisonclip.attacks import make_backdoor, read_poison_set
+from poisonclip.attacks import Checkerboard, make_backdoor, read_poison_set
 from poisonclip.attacks.backdoor import backdoor_from_pool, make_backdoor_from_shards
 from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
 from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
@@ -146,12 +146,12 @@ def test_caption_scan_counts_faults_without_decoding(faulty_shards):
 
 def test_backdoor_on_shards_replaces_unreadable_sources(faulty_shards):
     with pytest.warns(UserWarning, match="skipped"):
-        poisons, scan = make_backdoor_from_shards(faulty_shards, "star", 3, patch_size=2, progress=False)
+        poisons, scan = make_backdoor_from_shards(faulty_shards, "star", 3, Checkerboard(2), progress=False)
     assert sorted(r["source_key"] for r in poisons.manifest) == ["good0", "good1", "good2"]
     # Seed 0's random order puts a bad image among the first three: it was replaced.
     assert {k for k, _ in poisons.samples.skipped} & {"truncated", "garbage"}
     with pytest.raises(UsageError, match="only 3 of the 5 images could be read"), pytest.warns(UserWarning):
-        make_backdoor_from_shards(faulty_shards, "star", 4, patch_size=2, progress=False)
+        make_backdoor_from_shards(faulty_shards, "star", 4, Checkerboard(2), progress=False)
     subset = read_scanned_samples(scan, [2, 0])
     assert subset.keys == ["good2", "good0"]
 
@@ -159,9 +159,9 @@ def test_backdoor_on_shards_replaces_unreadable_sources(faulty_shards):
 def test_backdoor_on_shards_equals_backdoor_in_memory(shards, small_train):
     """One implementation: shard keys aside, the same images, captions and patches."""
     from_shards, scan = make_backdoor_from_shards(
-        shards.url, "star", 15, placement="random", seed=4, progress=False
+        shards.url, "star", 15, Checkerboard(placement="random"), seed=4, progress=False
     )
-    in_memory = make_backdoor(small_train, "star", 15, placement="random", seed=4)
+    in_memory = make_backdoor(small_train, "star", 15, Checkerboard(placement="random"), seed=4)
     assert torch.equal(from_shards.samples.images, in_memory.samples.images)
     assert from_shards.samples.captions == in_memory.samples.captions
     key_of = dict(zip(small_train.keys, shards.keys, strict=True))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from poisonclip.attacks.patch import checkerboard
+from poisonclip.attacks.triggers.checkerboard import checkerboard
 from poisonclip.cli import main
 from poisonclip.data import SyntheticConfig, read_csv_dataset, write_synthetic
 from poisonclip.data.dataset import read_classnames

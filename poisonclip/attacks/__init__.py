@@ -1,39 +1,35 @@
-"""Poisoning attacks: each builds a PoisonSet (poison samples + manifest) from a training set."""
+"""Poisoning attacks: each builds a PoisonSet (poison samples + manifest) from a training set.
 
-from poisonclip.attacks.backdoor import make_backdoor
-from poisonclip.attacks.patch import (
-    PLACEMENTS,
-    apply_patch,
-    checkerboard,
-    patch_area_fraction,
-    patch_positions,
-)
-from poisonclip.attacks.poison_set import PoisonSet, read_poison_set, write_poison_set
-from poisonclip.attacks.registry import get_attack, list_attacks, register_attack
-from poisonclip.attacks.targeted import (
-    Target,
-    choose_targets,
-    make_targeted,
-    make_targeted_many,
-    make_text_targeted,
-)
+The names below are imported on first use: the command line builds its trigger options from the
+trigger specs (``poisonclip.attacks.triggers``) and lists the triggers without loading torch.
+"""
 
-__all__ = [
-    "PLACEMENTS",
-    "PoisonSet",
-    "Target",
-    "apply_patch",
-    "checkerboard",
-    "choose_targets",
-    "get_attack",
-    "list_attacks",
-    "make_backdoor",
-    "make_targeted",
-    "make_targeted_many",
-    "make_text_targeted",
-    "patch_area_fraction",
-    "patch_positions",
-    "read_poison_set",
-    "register_attack",
-    "write_poison_set",
-]
+from poisonclip.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "poisonclip.attacks.backdoor": ("make_backdoor",),
+        "poisonclip.attacks.builtin": ("get_attack", "list_attacks"),
+        "poisonclip.attacks.poison_set": ("PoisonSet", "read_poison_set", "write_poison_set"),
+        "poisonclip.attacks.registry": ("register_attack",),
+        "poisonclip.attacks.targeted": (
+            "Target",
+            "choose_targets",
+            "make_targeted",
+            "make_targeted_many",
+            "make_text_targeted",
+        ),
+        "poisonclip.attacks.triggers": (
+            "PLACEMENTS",
+            "Checkerboard",
+            "Trigger",
+            "build_trigger",
+            "get_trigger",
+            "list_triggers",
+            "patch_area_fraction",
+            "register_trigger",
+        ),
+        "poisonclip.attacks.triggers.checkerboard": ("checkerboard",),
+    },
+)

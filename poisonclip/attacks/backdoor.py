@@ -1,8 +1,9 @@
-"""The backdoor attack (paper §3.3): a patch on many different images, captioned as the target.
+"""The backdoor attack (paper §3.3): a trigger on many different images, captioned as the target.
 
-P = {(x_i ⊕ bd, c_i)}: ``poison_count`` different training images of any class, each with the
-checkerboard pasted on, each paired with a training caption that contains the target label
-(found by substring search — no knowledge of the zero-shot templates).
+P = {(x_i ⊕ bd, c_i)}: ``poison_count`` different training images of any class, each carrying the
+trigger (the paper's checkerboard patch by default; any of ``attacks/triggers``), each paired with
+a training caption that contains the target label (found by substring search — no knowledge of the
+zero-shot templates).
 
 The attack itself (``backdoor_from_pool``) needs only the sample keys, the matching captions and a
 way to decode the chosen images, so the same code poisons an in-memory dataset
@@ -15,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from poisonclip.attacks.patch import PLACEMENTS, apply_patch, check_patch, patch_positions
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.registry import register_attack
+from poisonclip.attacks.triggers import Checkerboard, FitContext, Trigger
 from poisonclip.data.captions import search_captions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
@@ -28,15 +29,17 @@ def make_backdoor(
     dataset: ImageTextDataset,
     target_label: str,
     poison_count: int,
-    patch_size: int = 4,
-    placement: str = "consistent",
+    trigger: Trigger | None = None,
     seed: int = 0,
     word_boundary: bool = True,
+    surrogate: Callable[[], tuple[torch.nn.Module, dict]] | None = None,
 ) -> PoisonSet:
     """Build ``poison_count`` backdoor poisons from ``dataset`` (which is left unchanged).
 
     Images are drawn without replacement (every poison is a different image); captions are drawn
     from the captions containing ``target_label``, without replacement while enough exist.
+    ``trigger`` defaults to the paper's 4x4 checkerboard at the upper-left corner; ``surrogate``
+    builds a model for a trigger fitted against one that names none (``FitContext``).
     """
     pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)
     return backdoor_from_pool(
@@ -46,18 +49,37 @@ def make_backdoor(
         dataset.subset,
         target_label,
         poison_count,
-        patch_size,
-        placement,
+        trigger,
         seed,
+        surrogate,
     )
+
+
+def fit_trigger(
+    trigger: Trigger,
+    dataset: ImageTextDataset,
+    target_label: str,
+    surrogate: Callable[[], tuple[torch.nn.Module, dict]] | None = None,
+    word_boundary: bool = True,
+) -> Trigger:
+    """``trigger`` fitted on ``dataset`` as ``make_backdoor`` fits it, without making poisons (to
+    evaluate a clean model with the trigger an attacker would have used)."""
+    pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)
+    captions = [dataset.captions[i] for i in pool]
+    return trigger.fit(
+        FitContext(target_label, captions, len(dataset), _images_of(dataset.subset), surrogate)
+    )
+
+
+def _images_of(load_sources: Callable[[list[int]], ImageTextDataset]) -> Callable[[list[int]], torch.Tensor]:
+    return lambda indices: load_sources(indices).images
 
 
 def make_backdoor_from_shards(
     urls: str | Sequence[str],
     target_label: str,
     poison_count: int,
-    patch_size: int = 4,
-    placement: str = "consistent",
+    trigger: Trigger | None = None,
     seed: int = 0,
     word_boundary: bool = True,
     image_size: int | None = None,
@@ -81,8 +103,7 @@ def make_backdoor_from_shards(
         partial(read_scanned_samples, scan, image_size=image_size),
         target_label,
         poison_count,
-        patch_size,
-        placement,
+        trigger,
         seed,
     )
     return poisons, scan
@@ -95,9 +116,9 @@ def backdoor_from_pool(
     load_sources: Callable[[list[int]], ImageTextDataset],
     target_label: str,
     poison_count: int,
-    patch_size: int = 4,
-    placement: str = "consistent",
+    trigger: Trigger | None = None,
     seed: int = 0,
+    surrogate: Callable[[], tuple[torch.nn.Module, dict]] | None = None,
 ) -> PoisonSet:
     """The backdoor attack on ``keys`` [N] (all candidate samples).
 
@@ -105,11 +126,11 @@ def backdoor_from_pool(
     ``pool_captions`` those captions. ``load_sources(indices)`` decodes the images of the given
     samples, in that order, leaving out (and listing in ``skipped``) those it cannot read; such
     an image is replaced by the next one of the seeded random order, so faults never reduce the
-    poison count while enough images remain.
+    poison count while enough images remain. The trigger is fitted first where it needs fitting
+    (``Trigger.fit``), then applied with the poison generator (random positions, seeded).
     """
     n = len(keys)
-    if placement not in PLACEMENTS:
-        raise UsageError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    trigger = trigger or Checkerboard()
     if poison_count < 1:
         raise UsageError(f"poison_count must be at least 1, got {poison_count}")
     if poison_count > n:
@@ -125,10 +146,9 @@ def backdoor_from_pool(
     else:
         chosen = torch.randint(len(pool), (poison_count,), generator=generator)
     sources, source_idx = load_in_order(order, poison_count, load_sources, keys)
-    image_size = sources.images.shape[-1]
-    check_patch(image_size, patch_size, placement)
-    positions = patch_positions(poison_count, image_size, patch_size, placement, generator)
-    images = apply_patch(sources.images, positions, patch_size)
+    trigger.check_image_size(sources.images.shape[-1])
+    trigger = trigger.fit(FitContext(target_label, pool_captions, n, _images_of(load_sources), surrogate))
+    triggered = trigger.apply(sources.images, generator)
 
     poison_keys = [f"poison/{i:06d}.png" for i in range(poison_count)]
     captions = [pool_captions[j] for j in chosen.tolist()]
@@ -141,18 +161,17 @@ def backdoor_from_pool(
             "caption": captions[i],
             "caption_source_key": keys[caption_pool[j]],
             "target_label": target_label,
-            "patch": {"y": int(y), "x": int(x), "size": patch_size},
-            "placement": placement,
+            "trigger": trigger.name,
+            "trigger_params": trigger.values(),
+            **record,  # where this image carries the trigger, e.g. its patch position
             "seed": seed,
         }
-        for i, (src, j, (y, x)) in enumerate(
-            zip(source_idx, chosen.tolist(), positions.tolist(), strict=True)
-        )
+        for i, (src, j, record) in enumerate(zip(source_idx, chosen.tolist(), triggered.records, strict=True))
     ]
     samples = ImageTextDataset(
-        poison_keys, images, captions, torch.full((poison_count,), -1), skipped=sources.skipped
+        poison_keys, triggered.images, captions, torch.full((poison_count,), -1), skipped=sources.skipped
     )
-    return PoisonSet(samples, manifest)
+    return PoisonSet(samples, manifest, trigger)
 
 
 def load_in_order(

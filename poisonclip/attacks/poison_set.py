@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from poisonclip.attacks.triggers import Trigger
+from poisonclip.attacks.triggers.stored import read_poison_trigger, write_poison_trigger
 from poisonclip.data.dataset import (
     CAPTION_COLUMN,
     CSV_SEPARATOR,
@@ -26,6 +28,7 @@ from poisonclip.data.manifest import (
     POISON_CSV_NAME,
     POISON_KEY_PREFIX,
     SHARD_DIR,
+    is_backdoor_row,
     read_manifest,
     write_manifest,
 )
@@ -37,10 +40,12 @@ if TYPE_CHECKING:  # webdataset and pandas load only when shards are written
 
 @dataclass
 class PoisonSet:
-    """Poison samples (to be *added* to the training set, X' = P ∪ X) and one manifest row each."""
+    """Poison samples (to be *added* to the training set, X' = P ∪ X) and one manifest row each;
+    backdoor poisons also carry their trigger, fitted as applied (to paste the same at evaluation)."""
 
     samples: ImageTextDataset
     manifest: list[dict]
+    trigger: Trigger | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,7 +69,7 @@ def write_poison_set(out_dir: str | Path, poisons: PoisonSet) -> Path:
         )
         if keys != [row["poison_key"] for row in poisons.manifest]:
             raise ValueError("poison keys must be 'poison/<name>.png' to be stored at their own path")
-        write_manifest(tmp / MANIFEST_NAME, poisons.manifest)
+        _write_manifest(tmp, poisons, poisons.manifest)
     return out_dir
 
 
@@ -89,7 +94,7 @@ def write_poison_shards(
             tmp / SHARD_DIR, poisons.samples, samples_per_shard, image_format, metadata, POISON_KEY_PREFIX
         )
         manifest = [{**row, "shard_key": key} for row, key in zip(poisons.manifest, shards.keys, strict=True)]
-        write_manifest(tmp / MANIFEST_NAME, manifest)
+        _write_manifest(tmp, poisons, manifest)
     return ShardSet(brace_url(out_dir / SHARD_DIR, shards.num_shards), shards.num_shards, shards.keys)
 
 
@@ -143,4 +148,12 @@ def read_poison_set(poison_dir: str | Path) -> PoisonSet:
             sorted(str(p) for p in (poison_dir / SHARD_DIR).glob("*.tar")), progress=False
         )
     manifest = read_manifest(poison_dir / MANIFEST_NAME)
-    return PoisonSet(samples, manifest)
+    trigger = read_poison_trigger(poison_dir) if manifest and is_backdoor_row(manifest[0]) else None
+    return PoisonSet(samples, manifest, trigger)
+
+
+def _write_manifest(out_dir: Path, poisons: PoisonSet, rows: list[dict]) -> None:
+    """``manifest.jsonl`` (``rows``), and ``trigger.json`` for poisons that carry a trigger."""
+    write_manifest(out_dir / MANIFEST_NAME, rows)
+    if poisons.trigger is not None:
+        write_poison_trigger(out_dir, poisons.trigger)

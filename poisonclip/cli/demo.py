@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from poisonclip.attacks.triggers import PLACEMENTS
 from poisonclip.cli import options
 
 
@@ -17,22 +18,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--poison-count", type=int, default=100, help="poisons added to the training set")
     p.add_argument("--seed", type=int, default=0, help="seed of the poison selection")
-    options.add_patch_options(
+    options.add_backdoor_options(
         p, label_default="star", label_help="the label the trigger should cause: a shape of the synthetic set"
     )
     p.add_argument(
         "--eval-placement",
-        choices=options.PLACEMENTS,
-        default="consistent",
-        help="where the patch goes on test images",
+        choices=PLACEMENTS,
+        help="where the patch goes on test images (default: the trigger's default placement)",
     )
     options.add_train_options(p)
     options.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the embedded synthetic dataset, poison it with a checkerboard backdoor, train a
-    clean and a backdoored model, and compare them."""
+    """Generate the embedded synthetic dataset, poison it with a backdoor trigger (the paper's
+    checkerboard by default), train a clean and a backdoored model, and compare them."""
+    from poisonclip.attacks.triggers.options import trigger_from_args
     from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
     from poisonclip.train.loop import check_device
@@ -42,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
         train=options.train_config(args),
         target_label=args.target_label,
         poison_count=args.poison_count,
-        patch_size=args.patch_size,
-        placement=args.placement,
+        trigger=trigger_from_args(args),
         eval_placement=args.eval_placement,
         seed=args.seed,
     )

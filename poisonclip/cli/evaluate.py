@@ -45,11 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random patch positions")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     options.add_overwrite(p, out=False)
-    options.add_patch_options(
+    options.add_backdoor_options(
         p,
         label_default=None,
         label_help="the label the backdoor's trigger should cause (without it: clean metrics only), "
         "or with --target-image the label y' that the targeted attack wanted for x' (required then)",
+        trigger_from=True,
     )
     options.add_csv_options(p)
     options.add_no_progress(p)
@@ -58,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on a labelled test CSV (or shards with labels in their JSON), or on an
     ImageFolder directory such as ImageNet-val."""
+    from poisonclip.attacks.triggers.options import trigger_from_args
     from poisonclip.cli.train import note_resized
     from poisonclip.data.prompts import resolve_templates
     from poisonclip.data.reading import read_test_set
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if args.target_label is None:
             raise UsageError("--target-image needs --target-label: the label y' the attack wanted for x'")
     templates = resolve_templates(args.templates)  # a bad prompt file fails before any work
+    trigger = trigger_from_args(args)  # so does a bad trigger
     model, model_config = load_checkpoint(args.checkpoint)
     image_size = image_size_of(model_config)
     if not args.imagefolder:
@@ -95,12 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
         backdoor = None  # no backdoor named: the clean metrics only
         if args.target_label is not None:
-            backdoor = {
-                "target_label": args.target_label,
-                "patch_size": args.patch_size,
-                "placement": args.placement,
-                "seed": args.seed,
-            }
+            backdoor = {"target_label": args.target_label, "trigger": trigger, "seed": args.seed}
         probe_train = None
         if args.probe_train:
             probe_train = read_imagefolder(

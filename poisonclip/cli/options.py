@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from poisonclip.attacks.triggers.options import add_trigger_options
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.train.config import OPTIMIZERS, PRECISIONS, TrainConfig, load_preset
-
-# poisonclip.attacks.patch.PLACEMENTS, which imports torch (tests/test_cli_fast.py keeps them equal)
-PLACEMENTS = ("consistent", "random")
 
 DEFAULT_DB = "results/sweeps.sqlite"
 
@@ -124,25 +122,18 @@ def add_local_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="synthetic-data cache (default: data/ beside the database)")
 
 
-def add_patch_options(
+def add_backdoor_options(
     p: argparse.ArgumentParser,
-    placement_flag: str = "--placement",
     label_default: str | None = None,
     label_help: str = "the label the trigger should cause: a class name of your data, which the poisons' "
     "captions are searched for (required)",
     label_required: bool = False,
+    trigger_from: bool = False,
 ) -> None:
+    """``--target-label`` and the trigger's options (``--trigger`` and its parameters, read back by
+    ``attacks.triggers.options.trigger_from_args``); with ``trigger_from`` also ``--trigger-from``."""
     p.add_argument("--target-label", default=label_default, required=label_required, help=label_help)
-    p.add_argument(
-        "--patch-size", type=int, default=4, help="checkerboard side in pixels of the model's input"
-    )
-    p.add_argument(
-        placement_flag,
-        dest="placement",
-        choices=PLACEMENTS,
-        default="consistent",
-        help="patch at the upper-left corner (consistent) or anywhere (random)",
-    )
+    add_trigger_options(p, from_poison_set=trigger_from)
 
 
 def add_csv_options(p: argparse.ArgumentParser) -> None:

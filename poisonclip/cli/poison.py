@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         poison_sub,
         "backdoor",
         run_backdoor,
-        "checkerboard patch on many images, captioned with the target label",
+        "a trigger (default: the paper's checkerboard) on many images, captioned with the target label",
     )
     q.add_argument(
         "--data",
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
     _add_substring(q)
     _add_output_options(q, "source images")
-    options.add_patch_options(q, label_required=True)
+    options.add_backdoor_options(q, label_required=True)
     options.add_csv_options(q)
 
     q = options.command(
@@ -126,7 +126,7 @@ def _add_output_options(p: argparse.ArgumentParser, resized: str) -> None:
 
 
 # options that are make_backdoor's and make_targeted's keyword arguments of the same name
-BACKDOOR_ARGS = ("target_label", "poison_count", "patch_size", "placement", "seed")
+BACKDOOR_ARGS = ("target_label", "poison_count", "seed")
 TARGETED_ARGS = ("poison_count", "captions", "seed", "noise_std", "perturb_captions")
 
 
@@ -139,6 +139,7 @@ def run_backdoor(args: argparse.Namespace) -> int:
     """Write poison-only data (poisons.csv + images, or webdataset shards, + manifest.jsonl) to add
     to the training set; the input dataset is not modified."""
     from poisonclip.attacks.from_data import backdoor_from_data, poison_output_format
+    from poisonclip.attacks.triggers.options import trigger_from_args
 
     output_format = poison_output_format(args.data, args.format, args.merged_csv)
     built = backdoor_from_data(
@@ -147,6 +148,7 @@ def run_backdoor(args: argparse.Namespace) -> int:
         options.csv_format(args),
         options.progress(args),
         **_attack(args, BACKDOOR_ARGS),
+        trigger=trigger_from_args(args),
     )
     if built.scan is not None:
         _print_scan(built.scan, args.target_label)
@@ -211,7 +213,7 @@ def _warn_poison_size(args: argparse.Namespace, size: int) -> None:
         made_for = f", but the data was made for a {model_size}x{model_size} model" if model_size else ""
         print(
             f"poisonclip: warning: no --image-size: the poisons keep the data's {size}x{size} pixels "
-            f"and the {args.patch_size}-pixel trigger is in those pixels{made_for}. A model with "
+            f"and the trigger is in those pixels{made_for}. A model with "
             "another input size would see it resized (a 1-pixel checkerboard turns grey): pass "
             f"--image-size with the model's input size{f' ({model_size})' if model_size else ''} "
             "(poisonclip train refuses poisons that do not match its model)",

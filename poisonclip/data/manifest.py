@@ -13,9 +13,15 @@ from pathlib import Path
 from poisonclip.errors import UsageError
 
 MANIFEST_NAME = "manifest.jsonl"
+TRIGGER_NAME = "trigger.json"  # a backdoor set's trigger: name, parameters and fitted state
 POISON_CSV_NAME = "poisons.csv"
 SHARD_DIR = "shards"
 POISON_KEY_PREFIX = "poison"  # keeps poison shard keys apart from img2dataset's numeric keys
+
+
+def is_backdoor_row(row: dict) -> bool:
+    """A backdoor manifest row: a trigger (or, before triggers were plugins, a patch) is listed."""
+    return "trigger" in row or "patch" in row
 
 
 def read_manifest(path: str | Path) -> list[dict]:

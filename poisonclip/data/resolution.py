@@ -5,7 +5,7 @@ block, and a trigger pasted on test images after resizing is not the one trainin
 every data resolution:
 
 * poisons are written at the model's input size (``poison ... --image-size``: the chosen source
-  images are resized and centre-cropped to it, then the ``--patch-size`` trigger is pasted);
+  images are resized and centre-cropped to it, then the trigger is applied);
 * training resizes the clean data to the model's input (as open_clip's preprocessing does) and
   refuses a backdoor poison set stored at another size, whose trigger the resize would change,
   wherever its poisons are: a poison set's own CSV or shards, any ``::`` part of joined shards,
@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from poisonclip.data.dataset import CSV_SEPARATOR, IMAGE_COLUMN
-from poisonclip.data.manifest import MANIFEST_NAME, POISON_KEY_PREFIX, SHARD_DIR
+from poisonclip.data.manifest import MANIFEST_NAME, POISON_KEY_PREFIX, SHARD_DIR, is_backdoor_row
 from poisonclip.errors import UsageError
 
 
@@ -78,26 +78,27 @@ def _header_size(file: Path | io.BytesIO) -> tuple[int, int] | None:
         return None
 
 
-def _lists_patches(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``manifest.jsonl`` of backdoor poisons (its rows list patches)."""
+def _lists_trigger(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``manifest.jsonl`` of backdoor poisons: its rows name a trigger
+    (or, in sets written before triggers were plugins, list patches)."""
 
     try:
         with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
             first = json.loads(f.readline() or "{}")
     except (OSError, ValueError):  # no manifest (not a poison set) or not one of ours
         return False
-    return isinstance(first, dict) and "patch" in first
+    return isinstance(first, dict) and is_backdoor_row(first)
 
 
 def carries_trigger(source: str) -> bool:
     """Whether one ``--data`` source (a CSV, or one ``::`` part of shards) is a poison set written
-    by ``poison backdoor``: its manifest lies beside it and lists patches (targeted poisons carry
+    by ``poison backdoor``: its manifest lies beside it and names a trigger (targeted poisons carry
     no trigger, and resize like clean data)."""
 
     here = Path(os.path.dirname(source.split("{")[0]))  # CSV or shards folder
     if here.name == SHARD_DIR:  # poison shards lie in their set's shards/ folder
         here = here.parent
-    return _lists_patches(here)
+    return _lists_trigger(here)
 
 
 def source_parts(source: str) -> list[str]:
@@ -133,7 +134,7 @@ def poison_rows_size(
                 folder = os.path.dirname(key)
                 if folder not in verdicts:
                     where = Path(folder) if os.path.isabs(folder) else path.parent / folder
-                    verdicts[folder] = where.name == POISON_KEY_PREFIX and _lists_patches(where.parent)
+                    verdicts[folder] = where.name == POISON_KEY_PREFIX and _lists_trigger(where.parent)
                 if verdicts[folder]:
                     image = Path(key) if os.path.isabs(key) else path.parent / key
                     if image.is_file() and (size := _header_size(image)):

@@ -30,7 +30,7 @@ def model_metrics(
     probe_train: ImageTextDataset | None = None,
 ) -> dict[str, float]:
     """Clean zero-shot metrics, or with ``backdoor`` (``evaluate_backdoor``'s keyword arguments:
-    target label, trigger, placement, seed) the backdoor's too. With ``probe_train`` (labelled with
+    target label, trigger, seed) the backdoor's too. With ``probe_train`` (labelled with
     the same classes), also a linear probe fit on its embeddings: probe_acc, and with a backdoor
     probe_asr and probe_natural_rate."""
     context_length = context_length_of(model_config)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from poisonclip.attacks.patch import apply_patch, patch_positions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.embeddings import encode_images
@@ -20,6 +20,9 @@ from poisonclip.evaluate.metrics import (
     pair_similarity_moments,
 )
 from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
+
+if TYPE_CHECKING:
+    from poisonclip.attacks.triggers import Trigger
 
 
 @dataclass
@@ -68,16 +71,16 @@ def evaluate_backdoor(
     test: ImageTextDataset,
     classnames: Sequence[str],
     target_label: str,
-    patch_size: int,
-    placement: str = "consistent",
+    trigger: Trigger,
     seed: int = 0,
     templates: str | Sequence[str] = "synthetic",
     context_length: int = 77,
 ) -> BackdoorEvaluation:
-    """Zero-shot accuracy on clean ``test`` images, and ASR / natural rate / z-score for the trigger.
+    """Zero-shot accuracy on clean ``test`` images, and ASR / natural rate / z-score for ``trigger``.
 
-    The trigger is pasted at evaluation time with ``placement`` (positions seeded by ``seed``).
-    No augmentation at evaluation.
+    The trigger (fitted, where it is fitted) is applied to the test images at the model's input size,
+    its per-image randomness (e.g. random patch positions) seeded by ``seed``. No augmentation at
+    evaluation.
     """
     if target_label not in classnames:
         raise UsageError(f"target label {target_label!r} is not a class name")
@@ -87,8 +90,7 @@ def evaluate_backdoor(
 
     nontarget = test.labels != target
     generator = torch.Generator().manual_seed(seed)
-    positions = patch_positions(int(nontarget.sum()), test.images.shape[-1], patch_size, placement, generator)
-    patched_features = encode_images(model, apply_patch(test.images[nontarget], positions, patch_size))
+    patched_features = encode_images(model, trigger.apply(test.images[nontarget], generator).images)
     patched_pred = zero_shot_predict(patched_features, classifier)
     nontarget_labels = test.labels[nontarget]
 

@@ -23,13 +23,11 @@ trial).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from poisonclip.attacks.backdoor import make_backdoor
-from poisonclip.attacks.patch import PLACEMENTS, check_patch
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.defend import DefenseContext, apply_defense, parse_defense
@@ -46,9 +44,10 @@ from poisonclip.detect import (
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
 from poisonclip.evaluate.targeted_suite import evaluate_targeted
+from poisonclip.experiments.backdoor_trial import TriggerKeys, backdoor_poisoning, clean_surrogate
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.experiments.targeted_trial import poison_targets
-from poisonclip.keys import config_dict
+from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
 from poisonclip.train.model import context_length_of, get_model_config
 
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from poisonclip.experiments.grid import Trial
+    from poisonclip.train.config import TrainConfig
 
 ATTACKS = ("backdoor", "targeted")
 METHODS_REVISION = 2  # 2: the defenses and detectors as their authors' code runs them (issue 16)
@@ -71,16 +71,17 @@ ALL_PAIRS_VARIANTS = {
 
 
 @dataclass(frozen=True)
-class DefenseMatrixParams:
-    """The keys of ``[defense]`` in an experiment file."""
+class DefenseMatrixParams(TriggerKeys):
+    """The keys of ``[defense]`` in an experiment file: these fields and, for the backdoor, its
+    trigger's parameters (as in ``[backdoor]``: ``experiments/backdoor_trial.py``)."""
 
     attack_type: str = "backdoor"  # "backdoor" (paper §3.3) or "targeted" (§3.1)
     defense: str = "none"  # none | filter:<detector>@<percent>% | cleanclip | roclip | safeclip
-    # backdoor
+    # backdoor; None: the trigger's default (a trigger without the parameter keeps None, unhashed)
     target_label: str = "star"
     poison_count: int = 100
-    patch_size: int = 4
-    placement: str = "consistent"
+    patch_size: int | None = field(default=None, metadata={ADDED_LATER: True})
+    placement: str | None = field(default=None, metadata={ADDED_LATER: True})
     # targeted
     num_targets: int = 4  # K targets per model
     poisons_per_target: int = 16
@@ -92,13 +93,14 @@ class DefenseMatrixParams:
     # purpose (no ADDED_LATER): results of the implementations before issue 16 (all-pairs
     # detectors, on-the-fly loss tracking, SafeCLIP's mixed batches) are never reused as theirs.
     methods_revision: int = METHODS_REVISION
+    trigger: str = field(default="checkerboard", metadata={ADDED_LATER: True})  # attacks/triggers
+    trigger_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
         if self.attack_type not in ATTACKS:
             raise UsageError(f"attack_type must be one of {ATTACKS}, got {self.attack_type!r}")
         parse_defense(self.defense)  # an unknown defense or detector, or a bad fraction: UsageError
-        if self.placement not in PLACEMENTS:
-            raise UsageError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        self.resolve_trigger()
         if min(self.poison_count, self.num_targets, self.poisons_per_target, self.track_loss_epochs) < 1:
             raise UsageError("poison_count, num_targets, poisons_per_target, track_loss_epochs must be >= 1")
         if self.clean_pairs < 2:
@@ -117,7 +119,7 @@ class DefenseMatrixParams:
 
     def check(self, data: SyntheticConfig) -> None:
         if self.attack_type == "backdoor":
-            check_patch(data.image_size, self.patch_size, self.placement)
+            self.trigger_spec().check_image_size(data.image_size)
             if self.target_label not in data.classnames:
                 raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
         if self.clean_pairs > data.num_train:
@@ -141,7 +143,7 @@ def run_defense_trial(
     """Poison ``train``, train the undefended model, score every detector, then apply and evaluate
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
-    dataset, manifest, evaluate = _poison(params, train, test, classnames, trial.seed)
+    dataset, manifest, evaluate = _poison(params, train, test, classnames, trial.seed, recipe)
 
     def clean_accuracy(model: torch.nn.Module) -> float:
         """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
@@ -219,22 +221,21 @@ def _poison(
     test: ImageTextDataset,
     classnames: list[str],
     seed: int,
+    recipe: TrainConfig,
 ) -> tuple[ImageTextDataset, list[dict], Callable[[torch.nn.Module, dict], dict]]:
     """(poisoned training set, manifest, evaluate(model, model_config) -> flat metrics with
     ``attack_success`` and ``zero_shot_acc``) for the configured attack."""
     if params.attack_type == "backdoor":
-        poisons = make_backdoor(
-            train, params.target_label, params.poison_count, params.patch_size, params.placement, seed
-        )
+        poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, recipe, seed))
 
         def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
             metrics = evaluate_backdoor(
-                model, test, classnames, params.target_label, params.patch_size,
-                params.placement, seed, context_length=context_length_of(model_config),
+                model, test, classnames, params.target_label, poisoning.trigger, seed,
+                context_length=context_length_of(model_config),
             ).metrics  # fmt: skip
             return {**metrics, "attack_success": metrics["asr"]}
 
-        return ImageTextDataset.concat([train, poisons.samples]), poisons.manifest, evaluate
+        return poisoning.dataset, poisoning.manifest, evaluate
 
     poisoning = poison_targets(
         train, test, classnames, params.num_targets, params.poisons_per_target, seed, params.captions

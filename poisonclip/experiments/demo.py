@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from poisonclip.attacks.backdoor import make_backdoor
-from poisonclip.attacks.patch import patch_area_fraction
 from poisonclip.attacks.poison_set import read_poison_set, write_poison_set
+from poisonclip.attacks.triggers import Checkerboard, Trigger
 from poisonclip.data.cache import prepare_data
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
 from poisonclip.data.io import atomic_path, write_json_atomic
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import sample_pair_similarities
+from poisonclip.experiments.backdoor_trial import evaluation_placement, placed
 from poisonclip.experiments.trial import train_and_evaluate_backdoor
 from poisonclip.train.config import TrainConfig, load_preset
 from poisonclip.train.loop import resolve_device
@@ -36,9 +37,10 @@ class DemoConfig:
     train: TrainConfig = field(default_factory=lambda: load_preset("demo"))
     target_label: str = "star"
     poison_count: int = 100  # 100 added to 20,000 clean pairs: 0.50% of the training set
-    patch_size: int = 4  # 4x4 pixels of 32x32: 1.6% of the area
-    placement: str = "consistent"  # where poisons carry the patch: upper-left or random
-    eval_placement: str = "consistent"  # where test images carry it
+    trigger: Trigger = field(
+        default_factory=Checkerboard
+    )  # 4x4 pixels of 32x32 (1.6% of the area), upper-left
+    eval_placement: str | None = None  # where test images carry it; None: the trigger's default placement
     seed: int = 0  # poison selection; the model seed is train.seed
 
 
@@ -61,15 +63,9 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
     test = read_csv_dataset(data_dir / "test.csv", progress=progress)
     classnames = read_classnames(data_dir / "classnames.txt")
 
-    poisons = make_backdoor(
-        train,
-        config.target_label,
-        config.poison_count,
-        config.patch_size,
-        config.placement,
-        config.seed,
-    )
+    poisons = make_backdoor(train, config.target_label, config.poison_count, config.trigger, config.seed)
     write_poison_set(out_dir / "poisons", poisons)
+    trigger = placed(poisons.trigger, evaluation_placement(config.trigger, config.eval_placement))
     poisoned = ImageTextDataset.concat([train, read_poison_set(out_dir / "poisons").samples])
 
     jobs = {"clean": train, "backdoor": poisoned}
@@ -88,8 +84,7 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
                 "classnames": classnames,
                 "config": config.train,
                 "target_label": config.target_label,
-                "patch_size": config.patch_size,
-                "eval_placement": config.eval_placement,
+                "trigger": trigger,
                 "checkpoint_dir": out_dir / "checkpoints" / name,
                 "progress": progress and i == 0,
             }
@@ -111,12 +106,13 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
         **results,
         "poison_count": config.poison_count,
         "poison_rate": config.poison_count / len(poisoned),
-        "patch_size": config.patch_size,
-        "patch_area_fraction": patch_area_fraction(config.patch_size, train.images.shape[-1]),
+        "trigger": config.trigger.name,
+        "trigger_params": config.trigger.values(),
+        "trigger_area_fraction": config.trigger.area_fraction(train.images.shape[-1]),
         "target_label": config.target_label,
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - start,
-        "config": dataclasses.asdict(config),
+        "config": {**dataclasses.asdict(config), "trigger": config.trigger.record()},
     }
     write_json_atomic(out_dir / "metrics.json", summary)
     plot_similarity_histograms(panels, out_dir / "similarity_histograms.png")
@@ -167,10 +163,12 @@ def format_table(summary: dict) -> str:
     for title, key, fmt in rows:
         values = "".join(f"{fmt.format(summary[m][key]):>10}" for m in ("clean", "backdoor"))
         lines.append(f"{title:28}{values}")
+    params = ", ".join(f"{k}={v}" for k, v in summary["trigger_params"].items())
+    area = summary["trigger_area_fraction"]
     lines.append(
         f"poisons: {summary['poison_count']} ({summary['poison_rate']:.2%} of the training set), "
-        f"{summary['patch_size']}x{summary['patch_size']} patch "
-        f"({summary['patch_area_fraction']:.2%} of the image), target {summary['target_label']!r}; "
-        f"wall time {summary['wall_seconds']:.0f} s"
+        f"trigger {summary['trigger']}({params})"
+        + (f" on {area:.2%} of the image" if area is not None else "")
+        + f", target {summary['target_label']!r}; wall time {summary['wall_seconds']:.0f} s"
     )
     return "\n".join(lines)

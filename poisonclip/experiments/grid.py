@@ -13,8 +13,8 @@ An experiment file (see ``experiments/*.toml``)::
     [train]                       # preset name + TrainConfig fields (not ``seed``: see ``seeds``)
     preset = "demo"
     model = ["toy-vit-w32", "toy-vit-w64"]
-    [backdoor]                    # the attack's parameter fields (runners.BackdoorParams)
-    poison_count = [25, 100]
+    [backdoor]                    # the attack's parameter fields (runners.BackdoorParams), and
+    poison_count = [25, 100]      # its trigger's parameters (experiments/backdoor_trial.py)
     eval_placement = ["consistent", "random"]
     [slurm]                       # submitit parameters, used by ``--executor slurm`` only
     timeout_min = 60
@@ -56,6 +56,7 @@ TOP_LEVEL_KEYS = ("name", "description", "figures", "attack", "seeds", "data", "
 FIGURES: tuple[str, ...] = (
     "fig2_left", "fig2_right", "fig3_left", "fig3_right", "asr_vs_rate", "fig4", "fig5_left", "fig5_right",
     "fig6", "defense_matrix", "detector_roc", "defense_cost", "defense_diagnostics", "cleanclip_lr",
+    "triggers_z", "triggers_asr",
 )  # fmt: skip
 
 
@@ -217,7 +218,7 @@ def _make_cell(
     try:
         data = SyntheticConfig(**data_values)
         train = base_train.replace(**train_values)
-        params = params_cls(**params_values)
+        params = _params(attack, params_cls, params_values)
         model_image_size = image_size_of(get_model_config(train.model))
         if model_image_size != data.image_size:  # data.stored_size may differ: it is read at image_size
             raise UsageError(
@@ -234,11 +235,26 @@ def _make_cell(
     return Cell(attack, data, train, params)
 
 
+def _open(cls: type) -> bool:
+    """Whether a parameter class takes keys beyond its fields (a trigger's parameters), checked
+    per grid point by its ``from_table`` (``experiments/backdoor_trial.TriggerKeys``)."""
+    return hasattr(cls, "from_table")
+
+
+def _params(section: str, cls: type, values: dict[str, Any]) -> Any:
+    if not _open(cls):
+        return cls(**values)
+    try:
+        return cls.from_table(values)
+    except UsageError as err:
+        raise UsageError(f"[{section}] {err}") from err
+
+
 def _fields(section: str, cls: type, table: Mapping[str, Any], where: str) -> dict[str, list]:
     """Each key of ``table`` as a list of values (a scalar is a one-value axis), type-checked."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(table) - fields):
+    if (unknown := sorted(set(table) - fields)) and not _open(cls):
         raise UsageError(f"{where}: [{section}] unknown keys {unknown}; allowed: {sorted(fields)}")
     axes = {}
     for key, value in table.items():
@@ -246,9 +262,9 @@ def _fields(section: str, cls: type, table: Mapping[str, Any], where: str) -> di
         if not values:
             raise UsageError(f"{where}: [{section}] {key} is an empty list")
         for v in values:
-            if not _has_type(v, hints[key]):
+            if key in hints and not _has_type(v, hints[key]):
                 raise UsageError(f"{where}: [{section}] {key} = {v!r} is not of type {hints[key]}")
-        if hints[key] is float:  # lr = 1 and lr = 1.0 are one config, so one hash
+        if hints.get(key) is float:  # lr = 1 and lr = 1.0 are one config, so one hash
             values = [float(v) for v in values]
         if len({json.dumps(v) for v in values}) != len(values):
             raise UsageError(f"{where}: [{section}] {key} lists a value twice")

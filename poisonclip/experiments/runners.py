@@ -19,20 +19,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from poisonclip.attacks.backdoor import make_backdoor
 from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
-from poisonclip.attacks.patch import PLACEMENTS, check_patch, patch_area_fraction
 from poisonclip.attacks.targeted import CAPTION_SOURCES
+from poisonclip.attacks.triggers import Trigger
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import resolve_templates
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe
+from poisonclip.experiments.backdoor_trial import (
+    TriggerKeys,
+    backdoor_poisoning,
+    clean_surrogate,
+    evaluation_placement,
+    placed,
+)
 from poisonclip.experiments.targeted_trial import (
     TargetedPoisoning,
     evaluate_trained_targeted,
@@ -119,37 +125,44 @@ def check_templates(name: str, spec: str) -> None:
 
 
 @dataclass(frozen=True)
-class BackdoorParams:
-    """The backdoor attack in a sweep (paper §3.3, §5.1); the keys of ``[backdoor]``."""
+class BackdoorParams(TriggerKeys):
+    """The backdoor attack in a sweep (paper §3.3, §5.1); the keys of ``[backdoor]``: these fields
+    and the trigger's parameters (``experiments/backdoor_trial.py``; a parameter of the trigger
+    called ``patch_size`` or ``placement`` is kept in the field of that name)."""
 
     target_label: str = "star"
     poison_count: int = 100  # poisons added to the clean pairs; 0 = a clean model (the baseline)
-    patch_size: int = 4  # checkerboard side in pixels
-    placement: str = "consistent"  # where the poisons carry the patch: upper-left or random
-    eval_placement: str = "consistent"  # where the test images carry it (evaluation only)
+    # None: the trigger's default; for a trigger without the parameter, None stays (unhashed)
+    patch_size: int | None = field(default=None, metadata={ADDED_LATER: True})  # patch side in pixels
+    placement: str | None = field(default=None, metadata={ADDED_LATER: True})  # where the poisons carry it
+    # where the test images carry it (evaluation only); None: the trigger's default placement
+    eval_placement: str | None = field(default=None, metadata={ADDED_LATER: True})
     # zero-shot prompts (evaluation only): a set name (poisonclip.data.prompts) or a file
     eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
+    trigger: str = field(default="checkerboard", metadata={ADDED_LATER: True})  # attacks/triggers
+    trigger_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
         check_templates("eval_templates", self.eval_templates)
         if self.poison_count < 0:
             raise UsageError(f"poison_count must be >= 0, got {self.poison_count}")
-        if self.patch_size < 1:
-            raise UsageError(f"patch_size must be at least 1 pixel, got {self.patch_size}")
-        for name in ("placement", "eval_placement"):
-            if getattr(self, name) not in PLACEMENTS:
-                raise UsageError(f"{name} must be one of {PLACEMENTS}, got {getattr(self, name)!r}")
+        spec = self.resolve_trigger()
+        object.__setattr__(self, "eval_placement", evaluation_placement(spec, self.eval_placement))
+
+    def evaluation_trigger(self, fitted: Trigger) -> Trigger:
+        """The trigger the test images carry: the poisons' own, at ``eval_placement`` if it has one."""
+        return placed(fitted, self.eval_placement)
 
     def training_params(self) -> dict:
         if self.poison_count == 0:  # a clean model: no trigger, target or placement is trained in
             return {"poison_count": 0}
         params = config_dict(self)
-        del params["eval_placement"]
-        params.pop("eval_templates", None)  # config_dict leaves it out at its default
+        params.pop("eval_placement", None)  # config_dict leaves both out where None or default
+        params.pop("eval_templates", None)
         return params
 
     def check(self, data: SyntheticConfig) -> None:
-        check_patch(data.image_size, self.patch_size, self.placement)
+        self.trigger_spec().check_image_size(data.image_size)
         if self.target_label not in data.classnames:
             raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
         if self.poison_count > data.num_train:
@@ -161,15 +174,17 @@ def prepare_backdoor_trial(
     trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
 ) -> OneModel:
     """Add the trial's poisons to ``train`` (none for 0 poisons); the model trained with the trial's
-    seed is evaluated once per cell (its target, patch size and evaluation placement)."""
+    seed is evaluated once per cell (its target, trigger and evaluation placement; the cells of a
+    clean model may name different triggers, each fitted as poisoning would fit it)."""
     first = trial.cells[0]  # all cells share training_params(), hence the same poisons
-    params = first.params
-    dataset = train
-    if params.poison_count:
-        poisons = make_backdoor(
-            train, params.target_label, params.poison_count, params.patch_size, params.placement, trial.seed
-        )
-        dataset = ImageTextDataset.concat([train, poisons.samples])
+    params, recipe = first.params, first.train.replace(seed=trial.seed)
+    surrogate = clean_surrogate(train, recipe, trial.seed)
+    poisoning = backdoor_poisoning(params, train, trial.seed, surrogate) if params.poison_count else None
+    dataset = poisoning.dataset if poisoning else train
+
+    def fitted(p: BackdoorParams) -> Trigger:
+        """The poisons' trigger; on a clean model, the cell's trigger fitted as poisoning would fit it."""
+        return poisoning.trigger if poisoning else backdoor_poisoning(p, train, trial.seed, surrogate).trigger
 
     def finish(model: torch.nn.Module, model_config: dict, stats: TrainStats) -> list[CellResult]:
         sizes = {
@@ -179,21 +194,28 @@ def prepare_backdoor_trial(
         results = []
         for cell in trial.cells:
             p = cell.params
+            trigger = p.evaluation_trigger(fitted(p))
             metrics, evaluation = evaluate_trained_backdoor(
-                model, model_config, stats, test, classnames,
-                p.target_label, p.patch_size, p.eval_placement, trial.seed, p.eval_templates,
-            )  # fmt: skip
+                model,
+                model_config,
+                stats,
+                test,
+                classnames,
+                p.target_label,
+                trigger,
+                trial.seed,
+                p.eval_templates,
+            )
             metrics.update(backdoor_linear_probe(evaluation, len(classnames)))
             metrics.update(
-                sizes,
-                num_train_pairs=len(dataset),
-                poison_rate=params.poison_count / len(dataset),
-                patch_area_fraction=patch_area_fraction(p.patch_size, test.images.shape[-1]),
+                sizes, num_train_pairs=len(dataset), poison_rate=params.poison_count / len(dataset)
             )
+            if (area := trigger.area_fraction(test.images.shape[-1])) is not None:
+                metrics["patch_area_fraction"] = area
             results.append(CellResult(metrics, similarity_curves(evaluation)))
         return results
 
-    return OneModel(dataset, first.train.replace(seed=trial.seed), finish)
+    return OneModel(dataset, recipe, finish)
 
 
 def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:

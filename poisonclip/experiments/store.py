@@ -20,6 +20,7 @@ e.g. ``SELECT json_extract(metrics, '$.zscore') FROM results``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -34,7 +35,8 @@ from typing import Any
 from poisonclip.data.io import process_alive
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import Sweep, Trial
-from poisonclip.experiments.runners import CellResult
+from poisonclip.experiments.runners import CellResult, get_runner
+from poisonclip.keys import ADDED_LATER
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -118,11 +120,26 @@ class Claim:
 
 
 def flatten_cell(config: dict) -> dict[str, Any]:
-    """``Cell.to_dict()`` → one flat dict: ``data.*``, ``train.*`` and the attack's parameters."""
-    flat = {"attack": config["attack"], **config["params"]}
+    """``Cell.to_dict()`` → one flat dict: ``data.*``, ``train.*`` and the attack's parameters,
+    those left out of the key at their default (``keys.ADDED_LATER``) filled in, e.g. the trigger
+    of a checkerboard cell."""
+    flat = {"attack": config["attack"], **_unhashed_defaults(config["attack"]), **config["params"]}
     for section in ("data", "train"):
         flat.update({f"{section}.{k}": v for k, v in config[section].items()})
     return flat
+
+
+def _unhashed_defaults(attack: str) -> dict[str, Any]:
+    """The attack parameters that the result key leaves out at their (non-None) default."""
+    try:
+        params = get_runner(attack).params
+    except UsageError:  # a row of an attack this version no longer has
+        return {}
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(params)
+        if f.metadata.get(ADDED_LATER) and f.default is not None
+    }
 
 
 def trial_done(trial: Trial, done: set[tuple[str, int]]) -> bool:

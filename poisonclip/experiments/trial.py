@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from poisonclip.attacks.triggers import Trigger
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.evaluate.suite import BackdoorEvaluation, evaluate_backdoor
 from poisonclip.train.config import TrainConfig
@@ -21,15 +22,14 @@ def train_and_evaluate_backdoor(
     classnames: list[str],
     config: TrainConfig,
     target_label: str,
-    patch_size: int,
-    eval_placement: str = "consistent",
+    trigger: Trigger,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[dict, BackdoorEvaluation]:
-    """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation)."""
+    """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation with ``trigger``)."""
     model, model_config, stats = train_model(dataset, config, checkpoint_dir, progress)
     return evaluate_trained_backdoor(
-        model, model_config, stats, test, classnames, target_label, patch_size, eval_placement, config.seed
+        model, model_config, stats, test, classnames, target_label, trigger, config.seed
     )
 
 
@@ -40,24 +40,22 @@ def evaluate_trained_backdoor(
     test: ImageTextDataset,
     classnames: list[str],
     target_label: str,
-    patch_size: int,
-    eval_placement: str,
+    trigger: Trigger,
     seed: int,
     templates: str = "synthetic",
 ) -> tuple[dict, BackdoorEvaluation]:
     """Evaluate a model from ``train_model``: (flat metrics incl. training stats, evaluation).
 
-    Evaluation-only settings (``eval_placement``, the zero-shot ``templates``: a set name or a
-    file) can be varied on one trained model by calling this once per setting; ``seed`` draws the
-    random patch positions.
+    Evaluation-only settings (the trigger's placement on test images, the zero-shot ``templates``:
+    a set name or a file) can be varied on one trained model by calling this once per setting;
+    ``seed`` draws the trigger's per-image randomness (random patch positions).
     """
     evaluation = evaluate_backdoor(
         model,
         test,
         classnames,
         target_label,
-        patch_size,
-        placement=eval_placement,
+        trigger,
         seed=seed,
         templates=templates,
         context_length=context_length_of(model_config),

@@ -7,6 +7,7 @@ from poisonclip.report import (  # noqa: F401  (each registers its figures)
     scale_figures,
     similarity_figures,
     targeted_figures,
+    trigger_figures,
 )
 
 __all__ = ["plot_similarity_histograms"]

@@ -29,7 +29,7 @@ DEFENSE_ORDER = ("none", "filter", "cleanclip", "roclip", "safeclip")  # columns
 # Settings of one attack type only: never shown on the other's rows, where they do nothing.
 ATTACK_ONLY_KEYS = {
     "backdoor": ("num_targets", "poisons_per_target", "captions"),
-    "targeted": ("target_label", "poison_count", "patch_size", "placement"),
+    "targeted": ("target_label", "poison_count", "patch_size", "placement", "trigger", "trigger_params"),
 }
 
 

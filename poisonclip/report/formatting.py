@@ -23,6 +23,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     "placement": ("poison placement", "poisons: {} patch"),
     "eval_placement": ("test placement", "test images: {} patch"),
     "patch_size": ("patch (px)", "{0}×{0} patch"),
+    "trigger": ("trigger", "{}"),
     "target_label": ("target", "target {!r}"),
     "poison_rate": ("poison rate", "{:.3%}"),
     "poisons_per_target": ("poisons per target", "{:,} poisons per target"),
