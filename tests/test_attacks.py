@@ -102,3 +102,15 @@ def test_registry():
     assert get_attack("backdoor") is make_backdoor
     with pytest.raises(UsageError, match="unknown attack"):
         get_attack("nope")
+
+
+def test_the_listed_builtin_attacks_are_what_their_modules_register():
+    import importlib
+
+    from poisonclip.attacks.registry import BUILTIN_ATTACKS
+
+    for module in set(BUILTIN_ATTACKS.values()):
+        importlib.import_module(module)
+    assert list_attacks() == sorted(BUILTIN_ATTACKS)  # a new built-in attack needs its line in the table
+    for name, module in BUILTIN_ATTACKS.items():
+        assert get_attack(name).__module__ == module

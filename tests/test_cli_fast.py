@@ -1,4 +1,4 @@
-"""The command line answers ``--help`` and ``list presets|models|triggers|detectors|defenses``
+"""The command line answers ``--help`` and ``poisonclip list ...`` (every choice)
 without loading torch: the parsers import light modules only, and each command imports the library
 when it runs."""
 
@@ -33,7 +33,7 @@ def test_help_of_every_command_loads_no_heavy_library():
     assert heavy_imports_after(code) == []
 
 
-@pytest.mark.parametrize("what", ["presets", "models", "triggers", "detectors", "defenses"])
+@pytest.mark.parametrize("what", ["presets", "models", "attacks", "triggers", "detectors", "defenses"])
 def test_listing_loads_no_heavy_library(what):
     assert heavy_imports_after(f"assert main(['list', {what!r}]) == 0") == []
 

@@ -10,9 +10,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "poisonclip.attacks.backdoor": ("make_backdoor",),
-        "poisonclip.attacks.builtin": ("get_attack", "list_attacks"),
         "poisonclip.attacks.poison_set": ("PoisonSet", "read_poison_set", "write_poison_set"),
-        "poisonclip.attacks.registry": ("register_attack",),
+        "poisonclip.attacks.registry": ("get_attack", "list_attacks", "register_attack"),
         "poisonclip.attacks.targeted": (
             "Target",
             "choose_targets",
