@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from poisonclip.attacks.caption_set import (
-    CAPTION_SOURCES,
     CaptionPool,
     ScannedCaptions,
     build_caption_set,
@@ -32,9 +31,7 @@ from poisonclip.data.captions import search_captions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 
-# CAPTION_SOURCES: the caption set's sources, importable from here with the attack that takes them
 __all__ = [
-    "CAPTION_SOURCES",
     "Target",
     "choose_targets",
     "make_targeted",

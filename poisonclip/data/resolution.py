@@ -30,6 +30,7 @@ from PIL import Image
 
 from poisonclip.data.dataset import CSV_SEPARATOR, IMAGE_COLUMN
 from poisonclip.data.manifest import MANIFEST_NAME, POISON_KEY_PREFIX, SHARD_DIR, is_backdoor_row
+from poisonclip.data.shard_urls import IMAGE_EXTENSIONS, is_shard_url
 from poisonclip.errors import UsageError
 
 
@@ -38,8 +39,6 @@ def stored_image_size(
 ) -> tuple[int, int] | None:
     """(width, height) of the first readable image of a CSV or shard set; ``None`` if none opens
     (or the data is not here: a ``--dry-run`` command may name another machine's files)."""
-    from poisonclip.data.wds import IMAGE_EXTENSIONS, is_shard_url
-
     if is_shard_url(source):
         import webdataset as wds
 
@@ -104,8 +103,6 @@ def carries_trigger(source: str) -> bool:
 def source_parts(source: str) -> list[str]:
     """The parts of a ``--data`` source: shards joined with ``::`` (open_clip_train's
     ``original::poisons``) are checked one by one; a CSV is one part."""
-    from poisonclip.data.wds import is_shard_url
-
     return [part for part in source.split("::") if part] if is_shard_url(source) else [source]
 
 
@@ -116,8 +113,6 @@ def poison_rows_size(
     ``None``: the poison rows of a ``poison ... --merged-csv`` file (or any CSV that lists a poison
     set's images), recognised by where their images lie, ``SET/poison/NAME.png`` beside the set's
     ``manifest.jsonl``. One pass over the rows; each image folder is looked at once."""
-    from poisonclip.data.wds import is_shard_url
-
     path = Path(source)
     if is_shard_url(source) or not path.is_file():
         return None

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from poisonclip.attacks.caption_set import CAPTION_SOURCES
 from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
-from poisonclip.attacks.targeted import CAPTION_SOURCES
 from poisonclip.attacks.triggers import Trigger
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import resolve_templates
