@@ -20,7 +20,6 @@ from poisonclip.attacks import (
 )
 from poisonclip.attacks.caption_set import build_caption_set, subset_or_repeat
 from poisonclip.attacks.dedup import (
-    DEFAULT_NOISE_STD,
     FILLER_WORDS,
     SYNONYMS,
     add_pixel_noise,
@@ -29,6 +28,7 @@ from poisonclip.attacks.dedup import (
     psnr,
 )
 from poisonclip.attacks.targeted import target_seed
+from poisonclip.attacks.targeted_spec import DEFAULT_NOISE_STD, TargetedOptions
 from poisonclip.cli import build_parser, main
 from poisonclip.data import SHAPES, ImageTextDataset
 from poisonclip.data.prompts import TEMPLATE_SETS
@@ -49,6 +49,7 @@ from poisonclip.train import load_preset, train_model
 from .conftest import SMALL
 
 CLASSNAMES = list(SHAPES[: SMALL.num_shapes])
+TEMPLATES = TargetedOptions(captions="templates")
 
 
 def text_dataset(captions, image_size=8):
@@ -183,7 +184,7 @@ def test_exact_duplicate_filter_removes_repeated_poisons_unless_evaded(small_tra
     target = make_target(small_test, 0, other_label(small_test, 0))
     results = {}
     for noise in (0.0, DEFAULT_NOISE_STD):
-        poisons = make_targeted(small_train, target, 20, noise_std=noise, seed=3)
+        poisons = make_targeted(small_train, target, 20, seed=3, options=TargetedOptions(noise_std=noise))
         poisoned = ImageTextDataset.concat([small_train, poisons.samples])
         kept = exact_duplicate_filter(poisoned.images)
         results[noise] = int((kept >= len(small_train)).sum())  # poisons that survive
@@ -197,7 +198,8 @@ def test_exact_duplicate_filter_removes_repeated_poisons_unless_evaded(small_tra
 def test_targeted_poisons_and_manifest(small_train, small_test):
     label = other_label(small_test, 5)
     target = make_target(small_test, 5, label)
-    poisons = make_targeted(small_train, target, 30, captions="both", seed=4, perturb_captions=True)
+    both = TargetedOptions(captions="both", perturb_captions=True)
+    poisons = make_targeted(small_train, target, 30, seed=4, options=both)
     assert len(poisons) == 30 and len(poisons.manifest) == 30
     assert len(exact_duplicate_filter(poisons.samples.images)) == 30
     assert (psnr(target.image, poisons.samples.images) > 40).all()
@@ -214,8 +216,8 @@ def test_targeted_poisons_and_manifest(small_train, small_test):
                 small_train.captions[small_train.keys.index(row["caption_source_key"])]
                 == row["caption_unperturbed"]
             )
-    again = make_targeted(small_train, target, 30, captions="both", seed=4, perturb_captions=True)
-    other = make_targeted(small_train, target, 30, captions="both", seed=5, perturb_captions=True)
+    again = make_targeted(small_train, target, 30, seed=4, options=both)
+    other = make_targeted(small_train, target, 30, seed=5, options=both)
     assert again.manifest == poisons.manifest and torch.equal(again.samples.images, poisons.samples.images)
     assert other.manifest != poisons.manifest
 
@@ -232,7 +234,7 @@ def test_targeted_bad_inputs(small_train, small_test):
     target = make_target(small_test, 0, other_label(small_test, 0))
     with pytest.raises(UsageError, match="appears in no training caption"):
         make_targeted(small_train, Target(target.image, "zebra", "x"), 5)
-    assert len(make_targeted(small_train, Target(target.image, "zebra", "x"), 5, captions="templates")) == 5
+    assert len(make_targeted(small_train, Target(target.image, "zebra", "x"), 5, options=TEMPLATES)) == 5
     with pytest.raises(UsageError, match="differs from the training images"):
         make_targeted(small_train, Target(target.image[:, :16, :16].contiguous(), "star", "x"), 5)
     with pytest.raises(UsageError, match="uint8"):
@@ -258,12 +260,12 @@ def test_k_targets_never_collide_and_never_of_the_target_class(small_test):
 
 def test_many_targets_in_one_poison_set(small_train, small_test, tmp_path):
     targets = choose_targets(small_test, CLASSNAMES, 3, seed=0)
-    poisons = make_targeted_many(small_train, targets, 4, captions="templates", seed=7)
+    poisons = make_targeted_many(small_train, targets, 4, seed=7, options=TEMPLATES)
     assert len(poisons) == 12 and len(set(poisons.samples.keys)) == 12
     assert [r["target_id"] for r in poisons.manifest] == [0] * 4 + [1] * 4 + [2] * 4
     assert [r["seed"] for r in poisons.manifest[::4]] == [target_seed(7, k) for k in range(3)]
     # adding targets never changes the poisons of the earlier ones
-    first = make_targeted_many(small_train, targets[:1], 4, captions="templates", seed=7)
+    first = make_targeted_many(small_train, targets[:1], 4, seed=7, options=TEMPLATES)
     assert first.manifest == poisons.manifest[:4]
     # written files keep one image per poison (distinct names across targets)
     from poisonclip.attacks import write_poison_set

@@ -14,6 +14,7 @@ from poisonclip.attacks import Checkerboard, make_backdoor, read_poison_set
 from poisonclip.attacks.backdoor import backdoor_from_pool, make_backdoor_from_shards
 from poisonclip.attacks.poison_set import write_merged_csv, write_poison_set, write_poison_shards
 from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.data import read_csv_dataset
 from poisonclip.data.io import OUTPUT_MARKER
 from poisonclip.data.wds import (
@@ -172,10 +173,9 @@ def test_backdoor_on_shards_equals_backdoor_in_memory(shards, small_train):
 @pytest.mark.parametrize("captions", ["search", "both"])
 def test_targeted_on_shards_equals_targeted_in_memory(shards, small_train, small_test, captions):
     target = Target(small_test.images[0], "star", "test/0")
-    from_shards, scan = make_targeted_from_shards(
-        shards.url, target, 9, captions=captions, seed=2, perturb_captions=True, progress=False
-    )
-    in_memory = make_targeted(small_train, target, 9, captions=captions, seed=2, perturb_captions=True)
+    options = TargetedOptions(captions=captions, perturb_captions=True)
+    from_shards, scan = make_targeted_from_shards(shards.url, target, 9, 2, options, progress=False)
+    in_memory = make_targeted(small_train, target, 9, seed=2, options=options)
     assert len(scan) == 400 and len(scan.matches) == len([c for c in small_train.captions if "star" in c])
     assert torch.equal(from_shards.samples.images, in_memory.samples.images)
     assert from_shards.samples.captions == in_memory.samples.captions
@@ -187,13 +187,15 @@ def test_targeted_on_shards_equals_targeted_in_memory(shards, small_train, small
 
 def test_targeted_on_shards_with_templates_needs_no_matching_caption(shards, small_test):
     target = Target(small_test.images[0], "zebra", "test/0")
-    poisons, scan = make_targeted_from_shards(shards.url, target, 5, captions="templates", progress=False)
+    poisons, scan = make_targeted_from_shards(
+        shards.url, target, 5, options=TargetedOptions(captions="templates"), progress=False
+    )
     assert scan.matches == [] and len(poisons) == 5
     assert all("zebra" in c for c in poisons.samples.captions)
     with pytest.raises(UsageError, match="appears in no training caption"):
         make_targeted_from_shards(shards.url, target, 5, progress=False)
     with pytest.raises(UsageError, match="unknown template set"):  # checked before the scan
-        make_targeted_from_shards(shards.url, target, 5, captions="both", template_set="x", progress=False)
+        make_targeted_from_shards(shards.url, target, 5, options=TargetedOptions("both", template_set="x"))
 
 
 def test_targeted_on_shards_checks_the_image_size(shards, small_test):

@@ -19,6 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "make_targeted_many",
             "make_text_targeted",
         ),
+        "poisonclip.attacks.targeted_spec": ("TargetedOptions",),
         "poisonclip.attacks.triggers": (
             "PLACEMENTS",
             "Checkerboard",

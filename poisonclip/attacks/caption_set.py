@@ -18,11 +18,10 @@ from typing import Protocol
 
 import torch
 
+from poisonclip.attacks.targeted_spec import CAPTION_SOURCES
 from poisonclip.data.captions import search_captions
 from poisonclip.data.prompts import resolve_templates
 from poisonclip.errors import UsageError
-
-CAPTION_SOURCES: tuple[str, ...] = ("search", "templates", "both")
 
 
 class CaptionPool(Protocol):

@@ -22,9 +22,6 @@ import torch
 
 from poisonclip.errors import UsageError
 
-# std 1.0 on 8-bit pixels: MSE ≈ 1.1 after rounding, PSNR ≈ 48 dB (40 dB would need std ≈ 2.5),
-# yet with ≥ 192 pixels two copies coincide with negligible probability.
-DEFAULT_NOISE_STD = 1.0
 # Redraws for copies that still coincide with an earlier one; only a std too small to change any
 # pixel exhausts them.
 _MAX_NOISE_DRAWS = 20

@@ -15,6 +15,7 @@ from typing import Any
 from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
 from poisonclip.attacks.poison_set import PoisonSet, write_poison_set, write_poison_shards
 from poisonclip.attacks.targeted import Target, make_targeted, make_targeted_from_shards
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.attacks.targets import TargetSource, load_target
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset
@@ -92,22 +93,24 @@ def backdoor_from_data(
 def targeted_from_data(
     data: str,
     source: TargetSource,
-    image_size: int | None,
+    poison_count: int,
+    seed: int = 0,
+    options: TargetedOptions | None = None,
+    image_size: int | None = None,
     csv: CsvFormat = DEFAULT_CSV,
     progress: bool = True,
-    **attack: Any,
 ) -> tuple[BuiltPoisons, Target]:
-    """``make_targeted`` (its keyword arguments: ``attack``) on a CSV or shards, and the x′ it
-    copies: resized to ``image_size``, or for a CSV without it to the CSV's image size."""
+    """``make_targeted`` on a CSV or shards, and the x′ it copies: resized to ``image_size``, or for
+    a CSV without it to the CSV's image size."""
     targets: list[Target] = []
 
     def from_shards() -> tuple[PoisonSet, CaptionScan]:
         targets.append(load_target(source, image_size, csv, progress))
-        return make_targeted_from_shards(data, targets[0], **attack, image_size=image_size, progress=progress)
+        return make_targeted_from_shards(data, targets[0], poison_count, seed, options, image_size, progress)
 
     def from_dataset(dataset: ImageTextDataset) -> PoisonSet:
         targets.append(load_target(source, dataset.images.shape[-1], csv, progress))
-        return make_targeted(dataset, targets[0], **attack)
+        return make_targeted(dataset, targets[0], poison_count, seed, options)
 
     return _build(data, image_size, csv, progress, from_shards, from_dataset), targets[0]
 

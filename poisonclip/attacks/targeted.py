@@ -4,6 +4,9 @@ P = {(x′, c) : c ∈ caption set}, added to the training set (X′ = P ∪ X);
 from the label string y′ alone (:mod:`poisonclip.attacks.caption_set`). Optional dedup evasion
 (:mod:`poisonclip.attacks.dedup`): per-copy pixel noise and caption perturbation.
 
+The options of the poisons (caption set, dedup evasion, caption search) are declared once, in
+``TargetedOptions`` (:mod:`poisonclip.attacks.targeted_spec`).
+
 ``make_targeted_many`` puts K independent targets into one poison set (one model measures K
 attacks, as in the paper); ``choose_targets`` draws them from a labelled held-out split.
 ``make_text_targeted`` is the variant aimed at the text encoder g (paper §3.2, footnote 1).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,12 +28,16 @@ from poisonclip.attacks.caption_set import (
     build_caption_set,
     check_caption_request,
 )
-from poisonclip.attacks.dedup import DEFAULT_NOISE_STD, add_pixel_noise, image_hash, perturb_caption
+from poisonclip.attacks.dedup import add_pixel_noise, image_hash, perturb_caption
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.registry import register_attack
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.data.captions import search_captions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
+
+if TYPE_CHECKING:
+    from poisonclip.data.wds import CaptionScan
 
 __all__ = [
     "Target",
@@ -76,50 +84,32 @@ def make_targeted(
     dataset: ImageTextDataset,
     target: Target,
     poison_count: int,
-    captions: str = "search",
     seed: int = 0,
-    noise_std: float = DEFAULT_NOISE_STD,
-    perturb_captions: bool = False,
-    word_boundary: bool = True,
-    template_set: str = "openai",
+    options: TargetedOptions | None = None,
     target_id: int = 0,
 ) -> PoisonSet:
     """``poison_count`` copies of ``target.image``, each with a caption for ``target.label``.
 
     ``dataset`` (the training set, left unchanged) supplies the captions for ``search``/``both``
-    and fixes the image size. ``noise_std`` (8-bit levels) adds per-copy Gaussian noise so that
-    no two copies are pixel-identical (0 = exact copies, the paper's P as written);
-    ``perturb_captions`` applies synonym substitution and word insertion around the label.
-    ``target_id`` numbers this target inside a multi-target poison set (file names, manifest).
+    and fixes the image size. ``options`` (default ``TargetedOptions()``) says where the captions
+    come from and how the copies evade deduplication: per-copy pixel noise of ``noise_std`` 8-bit
+    levels (0 = exact copies, the paper's P as written), and with ``perturb_captions`` synonym
+    substitution and word insertion around the label. ``target_id`` numbers this target inside a
+    multi-target poison set (file names, manifest).
     """
     _check_image_shape(target, tuple(dataset.images.shape[1:]))
-    return _targeted_poisons(
-        dataset,
-        target,
-        poison_count,
-        captions,
-        seed,
-        noise_std,
-        perturb_captions,
-        word_boundary,
-        template_set,
-        target_id,
-    )
+    return _targeted_poisons(dataset, target, poison_count, seed, options or TargetedOptions(), target_id)
 
 
 def make_targeted_from_shards(
     urls: str | Sequence[str],
     target: Target,
     poison_count: int,
-    captions: str = "search",
     seed: int = 0,
-    noise_std: float = DEFAULT_NOISE_STD,
-    perturb_captions: bool = False,
-    word_boundary: bool = True,
-    template_set: str = "openai",
+    options: TargetedOptions | None = None,
     image_size: int | None = None,
     progress: bool = True,
-):
+) -> tuple[PoisonSet, CaptionScan]:
     """``make_targeted`` on webdataset shards: the captions are scanned, no image is decoded but one.
 
     One sample is decoded (resized to ``image_size`` when given, as the trainer will see the data;
@@ -132,8 +122,9 @@ def make_targeted_from_shards(
     from poisonclip.attacks.backdoor import load_in_order
     from poisonclip.data.wds import read_scanned_samples, scan_captions
 
-    check_caption_request(captions, poison_count, template_set)
-    scan = scan_captions(urls, target.label, word_boundary=word_boundary, progress=progress)
+    options = options or TargetedOptions()
+    check_caption_request(options.captions, poison_count, options.template_set)
+    scan = scan_captions(urls, target.label, word_boundary=options.word_boundary, progress=progress)
     if not len(scan):
         faults = f"; {len(scan.skipped)} faults, the first: {scan.skipped[0][0]}: {scan.skipped[0][1]}"
         raise UsageError(f"no readable samples in {len(scan.urls)} shards" + (faults if scan.skipped else ""))
@@ -145,9 +136,7 @@ def make_targeted_from_shards(
     )
     _check_image_shape(target, tuple(probe.images.shape[1:]), hint=" (resize x' with --image-size)")
     pool = ScannedCaptions([scan.keys[i] for i in scan.matches], scan.matched_captions)
-    poisons = _targeted_poisons(
-        pool, target, poison_count, captions, seed, noise_std, perturb_captions, word_boundary, template_set
-    )
+    poisons = _targeted_poisons(pool, target, poison_count, seed, options)
     poisons.samples.skipped = probe.skipped
     return poisons, scan
 
@@ -163,21 +152,19 @@ def _targeted_poisons(
     pool: CaptionPool,
     target: Target,
     poison_count: int,
-    captions: str,
     seed: int,
-    noise_std: float,
-    perturb_captions: bool,
-    word_boundary: bool,
-    template_set: str,
+    options: TargetedOptions,
     target_id: int = 0,
 ) -> PoisonSet:
     generator = torch.Generator().manual_seed(seed)
     chosen = build_caption_set(
-        pool, target.label, poison_count, captions, generator, template_set, word_boundary
-    )
-    images, psnr_db = add_pixel_noise(target.image, poison_count, noise_std, generator)
+        pool, target.label, poison_count, options.captions, generator,
+        options.template_set, options.word_boundary,
+    )  # fmt: skip
+    images, psnr_db = add_pixel_noise(target.image, poison_count, options.noise_std, generator)
     rng = random.Random(seed)
-    texts = [perturb_caption(c.text, target.label, rng) if perturb_captions else c.text for c in chosen]
+    perturb = options.perturb_captions
+    texts = [perturb_caption(c.text, target.label, rng) if perturb else c.text for c in chosen]
 
     keys = [f"poison/t{target_id:03d}_{i:06d}.png" for i in range(poison_count)]
     manifest = [
@@ -193,7 +180,7 @@ def _targeted_poisons(
             "caption_unperturbed": choice.text,
             "caption_source": choice.source,
             "caption_source_key": choice.ref,
-            "noise_std": noise_std,
+            "noise_std": options.noise_std,
             "psnr_db": None if psnr_db[i].isinf() else round(psnr_db[i].item(), 3),  # None: exact copy
             "seed": seed,
         }
@@ -213,14 +200,11 @@ def make_targeted_many(
     dataset: ImageTextDataset,
     targets: Sequence[Target],
     poisons_per_target: int,
-    captions: str = "search",
     seed: int = 0,
-    noise_std: float = DEFAULT_NOISE_STD,
-    perturb_captions: bool = False,
-    word_boundary: bool = True,
-    template_set: str = "openai",
+    options: TargetedOptions | None = None,
 ) -> PoisonSet:
-    """One poison set with ``poisons_per_target`` poisons for each of K independent ``targets``.
+    """One poison set with ``poisons_per_target`` poisons for each of K independent ``targets``,
+    built with ``options`` (``make_targeted``'s).
 
     Target k gets ``target_id`` k and the seed ``target_seed(seed, k)``. The target images must be
     pairwise distinct (otherwise two attacks would pull one image towards two labels).
@@ -230,18 +214,7 @@ def make_targeted_many(
     if len({image_hash(t.image) for t in targets}) != len(targets):
         raise UsageError("target images collide: every target needs a different image")
     parts = [
-        make_targeted(
-            dataset,
-            target,
-            poisons_per_target,
-            captions,
-            target_seed(seed, k),
-            noise_std,
-            perturb_captions,
-            word_boundary,
-            template_set,
-            target_id=k,
-        )
+        make_targeted(dataset, target, poisons_per_target, target_seed(seed, k), options, target_id=k)
         for k, target in enumerate(targets)
     ]
     samples = ImageTextDataset.concat([p.samples for p in parts])

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from poisonclip.attacks.targeted_spec import add_targeted_options, targeted_options_from_args
 from poisonclip.cli import options
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--poison-count", type=int, required=True, help="number of poisons")
     q.add_argument("--seed", type=int, default=0, help="seed for image, caption and position choice")
-    _add_substring(q)
+    add_targeted_options(q, only=("word_boundary",))  # --substring: how captions are searched
     _add_output_options(q, "source images")
     options.add_backdoor_options(q, label_required=True)
     options.add_csv_options(q)
@@ -65,43 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--target-label", required=True, help="the label y' that x' should get")
     q.add_argument("--poison-count", type=int, required=True, help="number of poisons (copies of x')")
-    q.add_argument(
-        "--captions",
-        choices=("search", "templates", "both"),
-        default="search",
-        help="caption set: training captions containing y' (search), prompt templates formatted "
-        "with y' (templates), or half of each (both); subsampled or repeated to --poison-count",
-    )
-    q.add_argument(
-        "--templates",
-        default="openai",
-        help="prompt set for templates: openai (CLIP's 80, the default), synthetic (the synthetic "
-        "shapes' prompts), or a file with one template per line, {} standing for y'",
-    )
-    _add_substring(q)
-    q.add_argument(
-        "--noise-std",
-        type=float,
-        default=1.0,
-        help="dedup evasion: Gaussian pixel noise per copy, in 8-bit levels, so no two copies are "
-        "identical (default 1.0: PSNR about 48 dB; 0 = exact copies)",
-    )
-    q.add_argument(
-        "--perturb-captions",
-        action="store_true",
-        help="dedup evasion: synonym substitution and an inserted irrelevant word in each caption "
-        "(the label is never touched)",
-    )
+    add_targeted_options(q.add_argument_group("poisons (how the copies and their captions are made)"))
     q.add_argument("--seed", type=int, default=0, help="seed for caption choice, noise and perturbation")
     options.add_csv_options(q)
-
-
-def _add_substring(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--substring",
-        action="store_true",
-        help="plain substring caption search (default: the label as a whole word)",
-    )
 
 
 def _add_output_options(p: argparse.ArgumentParser, resized: str) -> None:
@@ -125,16 +92,6 @@ def _add_output_options(p: argparse.ArgumentParser, resized: str) -> None:
     options.add_no_progress(p)
 
 
-# options that are make_backdoor's and make_targeted's keyword arguments of the same name
-BACKDOOR_ARGS = ("target_label", "poison_count", "seed")
-TARGETED_ARGS = ("poison_count", "captions", "seed", "noise_std", "perturb_captions")
-
-
-def _attack(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
-    """The attack's keyword arguments: the options ``names``, and how captions are searched."""
-    return {name: getattr(args, name) for name in names} | {"word_boundary": not args.substring}
-
-
 def run_backdoor(args: argparse.Namespace) -> int:
     """Write poison-only data (poisons.csv + images, or webdataset shards, + manifest.jsonl) to add
     to the training set; the input dataset is not modified."""
@@ -147,7 +104,10 @@ def run_backdoor(args: argparse.Namespace) -> int:
         args.image_size,
         options.csv_format(args),
         options.progress(args),
-        **_attack(args, BACKDOOR_ARGS),
+        target_label=args.target_label,
+        poison_count=args.poison_count,
+        seed=args.seed,
+        word_boundary=args.word_boundary,
         trigger=trigger_from_args(args),
     )
     if built.scan is not None:
@@ -174,11 +134,12 @@ def run_targeted(args: argparse.Namespace) -> int:
     built, target = targeted_from_data(
         args.data,
         source,
+        args.poison_count,
+        args.seed,
+        targeted_options_from_args(args),
         args.image_size,
         options.csv_format(args),
         options.progress(args),
-        **_attack(args, TARGETED_ARGS),
-        template_set=args.templates,
     )
     if built.scan is not None:
         _print_scan(built.scan, target.label)

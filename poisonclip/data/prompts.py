@@ -14,7 +14,13 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TE
 
 from poisonclip.errors import UsageError
 
-__all__ = ["IMAGENET_CLASSNAMES", "SYNTHETIC_TEMPLATES", "TEMPLATE_SETS", "resolve_templates"]
+__all__ = [
+    "IMAGENET_CLASSNAMES",
+    "SYNTHETIC_TEMPLATES",
+    "TEMPLATE_SETS",
+    "check_templates",
+    "resolve_templates",
+]
 
 # Prompts for the synthetic shapes. Unlike the training captions they never name a colour, as
 # CLIP's ImageNet prompts never describe the photo's content beyond the class.
@@ -63,3 +69,11 @@ def resolve_templates(spec: str) -> Sequence[str | Callable[[str], str]]:
                 "for the class name"
             )
     return templates
+
+
+def check_templates(name: str, spec: str) -> None:
+    """A parameter ``name`` naming prompts must be a template set or a readable templates file."""
+    try:
+        resolve_templates(spec)
+    except UsageError as err:
+        raise UsageError(f"{name}: {err}") from err

@@ -30,7 +30,10 @@ from poisonclip.attacks.triggers import Trigger, build_trigger, parameter_names
 from poisonclip.attacks.triggers.base import parameters
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
+from poisonclip.evaluate.suite import evaluate_backdoor
+from poisonclip.experiments.poisoning import Poisoned, register_matrix_attack
 from poisonclip.train.fit import train_model
+from poisonclip.train.model import context_length_of
 
 if TYPE_CHECKING:
     import torch
@@ -138,3 +141,26 @@ def backdoor_poisoning(
     return BackdoorPoisoning(
         ImageTextDataset.concat([train, poisons.samples]), poisons.manifest, poisons.trigger
     )
+
+
+@register_matrix_attack("backdoor")
+def backdoor_for_matrix(
+    params: Any,
+    train: ImageTextDataset,
+    test: ImageTextDataset,
+    classnames: list[str],
+    seed: int,
+    recipe: TrainConfig,
+) -> Poisoned:
+    """The backdoor in the attack × defense matrix: ``backdoor_poisoning`` (a fitted trigger's
+    surrogate trained on the clean set), scored by ASR (``attack_success``) and z on ``test``."""
+    poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, recipe, seed))
+
+    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+        metrics = evaluate_backdoor(
+            model, test, classnames, params.target_label, poisoning.trigger, seed,
+            context_length=context_length_of(model_config),
+        ).metrics  # fmt: skip
+        return {**metrics, "attack_success": metrics["asr"]}
+
+    return Poisoned(poisoning.dataset, poisoning.manifest, evaluate)

@@ -24,10 +24,11 @@ trial).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.defend import DefenseContext, apply_defense, parse_defense
@@ -42,22 +43,17 @@ from poisonclip.detect import (
     run_detectors,
 )
 from poisonclip.errors import UsageError
-from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
-from poisonclip.evaluate.targeted_suite import evaluate_targeted
-from poisonclip.experiments.backdoor_trial import TriggerKeys, backdoor_poisoning, clean_surrogate
+from poisonclip.evaluate.suite import evaluate_clean
+from poisonclip.experiments.backdoor_trial import TriggerKeys
+from poisonclip.experiments.poisoning import get_matrix_attack, list_matrix_attacks
 from poisonclip.experiments.runners import CellResult, register_runner
-from poisonclip.experiments.targeted_trial import poison_targets
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
 from poisonclip.train.model import context_length_of, get_model_config
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from poisonclip.experiments.grid import Trial
-    from poisonclip.train.config import TrainConfig
 
-ATTACKS = ("backdoor", "targeted")
 METHODS_REVISION = 2  # 2: the defenses and detectors as their authors' code runs them (issue 16)
 # Detectors also scored with poisonclip's earlier all-pairs reference set (metrics "<name>-all"),
 # so the README can set the two reference sets side by side on the same models.
@@ -71,9 +67,18 @@ ALL_PAIRS_VARIANTS = {
 
 
 @dataclass(frozen=True)
-class DefenseMatrixParams(TriggerKeys):
-    """The keys of ``[defense]`` in an experiment file: these fields and, for the backdoor, its
+class DefenseMatrixParams(TriggerKeys, TargetedOptions):
+    """The keys of ``[defense]`` in an experiment file: these fields; for the targeted attack also
+    its poisons' options (``TargetedOptions``: captions, noise_std, ...), and for the backdoor its
     trigger's parameters (as in ``[backdoor]``: ``experiments/backdoor_trial.py``)."""
+
+    # the matrix had only ``captions`` of the targeted options before they were declared once
+    ADDED_LATER_FIELDS: ClassVar[tuple[str, ...]] = (
+        "noise_std",
+        "perturb_captions",
+        "template_set",
+        "word_boundary",
+    )
 
     attack_type: str = "backdoor"  # "backdoor" (paper §3.3) or "targeted" (§3.1)
     defense: str = "none"  # none | filter:<detector>@<percent>% | cleanclip | roclip | safeclip
@@ -85,7 +90,6 @@ class DefenseMatrixParams(TriggerKeys):
     # targeted
     num_targets: int = 4  # K targets per model
     poisons_per_target: int = 16
-    captions: str = "search"  # caption set of the targeted poisons
     # the defender
     clean_pairs: int = 5000  # CleanCLIP's trusted set: this many clean training pairs (by seed)
     track_loss_epochs: int = 2  # eval-mode loss passes after each of the undefended run's first epochs
@@ -97,8 +101,9 @@ class DefenseMatrixParams(TriggerKeys):
     trigger_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={ADDED_LATER: True})
 
     def __post_init__(self) -> None:
-        if self.attack_type not in ATTACKS:
-            raise UsageError(f"attack_type must be one of {ATTACKS}, got {self.attack_type!r}")
+        if self.attack_type not in list_matrix_attacks():
+            raise UsageError(f"attack_type must be one of {list_matrix_attacks()}, got {self.attack_type!r}")
+        TargetedOptions.__post_init__(self)
         parse_defense(self.defense)  # an unknown defense or detector, or a bad fraction: UsageError
         self.resolve_trigger()
         if min(self.poison_count, self.num_targets, self.poisons_per_target, self.track_loss_epochs) < 1:
@@ -143,7 +148,8 @@ def run_defense_trial(
     """Poison ``train``, train the undefended model, score every detector, then apply and evaluate
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
-    dataset, manifest, evaluate = _poison(params, train, test, classnames, trial.seed, recipe)
+    poisoned = get_matrix_attack(params.attack_type)(params, train, test, classnames, trial.seed, recipe)
+    dataset, manifest, evaluate = poisoned.dataset, poisoned.manifest, poisoned.evaluate
 
     def clean_accuracy(model: torch.nn.Module) -> float:
         """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
@@ -213,38 +219,3 @@ def run_defense_trial(
             )
         results.append(CellResult(metrics, curves))
     return results
-
-
-def _poison(
-    params: DefenseMatrixParams,
-    train: ImageTextDataset,
-    test: ImageTextDataset,
-    classnames: list[str],
-    seed: int,
-    recipe: TrainConfig,
-) -> tuple[ImageTextDataset, list[dict], Callable[[torch.nn.Module, dict], dict]]:
-    """(poisoned training set, manifest, evaluate(model, model_config) -> flat metrics with
-    ``attack_success`` and ``zero_shot_acc``) for the configured attack."""
-    if params.attack_type == "backdoor":
-        poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, recipe, seed))
-
-        def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
-            metrics = evaluate_backdoor(
-                model, test, classnames, params.target_label, poisoning.trigger, seed,
-                context_length=context_length_of(model_config),
-            ).metrics  # fmt: skip
-            return {**metrics, "attack_success": metrics["asr"]}
-
-        return poisoning.dataset, poisoning.manifest, evaluate
-
-    poisoning = poison_targets(
-        train, test, classnames, params.num_targets, params.poisons_per_target, seed, params.captions
-    )
-
-    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
-        evaluation = evaluate_targeted(
-            model, poisoning.targets, test, classnames, context_length=context_length_of(model_config)
-        )
-        return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
-
-    return poisoning.dataset, poisoning.poisons.manifest, evaluate

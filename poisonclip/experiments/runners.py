@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from poisonclip.attacks.caption_set import CAPTION_SOURCES
-from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.attacks.triggers import Trigger
 from poisonclip.data.dataset import ImageTextDataset
-from poisonclip.data.prompts import resolve_templates
+from poisonclip.data.prompts import check_templates
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
@@ -114,14 +113,6 @@ def register_one_model_runner(name: str, params: type) -> Callable[[Callable], C
 
 list_runners = _RUNNERS.names
 get_runner = _RUNNERS.get
-
-
-def check_templates(name: str, spec: str) -> None:
-    """A parameter naming prompts must be a template set or a readable templates file."""
-    try:
-        resolve_templates(spec)
-    except UsageError as err:
-        raise UsageError(f"{name}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -238,28 +229,24 @@ def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:
 
 
 @dataclass(frozen=True)
-class TargetedParams:
-    """The targeted attack in a sweep (paper §3.1, §4.2); the keys of ``[targeted]``."""
+class TargetedParams(TargetedOptions):
+    """The targeted attack in a sweep (paper §3.1, §4.2); the keys of ``[targeted]``: these fields
+    and the poisons' options (``TargetedOptions``: captions, noise_std, perturb_captions,
+    template_set, word_boundary)."""
 
+    # the other options were keys from the start, hashed at their defaults too
+    ADDED_LATER_FIELDS: ClassVar[tuple[str, ...]] = ("word_boundary",)
     num_targets: int = 8  # K attacks (x′, y′) per model, drawn by seed from the test split
     poisons_per_target: int = 16  # copies of each x′ added; 0 = a clean model (the chance level)
-    captions: str = "search"  # caption set: training captions naming y′, prompt templates, or both
-    noise_std: float = DEFAULT_NOISE_STD  # per-copy pixel noise (8-bit levels) against dedup; 0 = exact
-    perturb_captions: bool = False  # synonym swaps and filler words (never the label), against dedup
-    template_set: str = "openai"  # prompts the attacker formats with y′ (captions templates/both)
     eval_templates: str = "synthetic"  # zero-shot prompts at evaluation (evaluation only)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_targets < 1:
             raise UsageError(f"num_targets must be >= 1, got {self.num_targets}")
         if self.poisons_per_target < 0:
             raise UsageError(f"poisons_per_target must be >= 0, got {self.poisons_per_target}")
-        if self.captions not in CAPTION_SOURCES:
-            raise UsageError(f"captions must be one of {CAPTION_SOURCES}, got {self.captions!r}")
-        if self.noise_std < 0:
-            raise UsageError(f"noise_std must be >= 0, got {self.noise_std}")
-        for name in ("template_set", "eval_templates"):
-            check_templates(name, getattr(self, name))
+        check_templates("eval_templates", self.eval_templates)
 
     def training_params(self) -> dict:
         if self.poisons_per_target == 0:  # a clean model: targets and poison settings are not trained in
@@ -290,10 +277,8 @@ def prepare_targeted_trial(
     K attacks once per cell (zero-shot prompts; on a clean model also the number of targets)."""
 
     def poisoning_of(p: TargetedParams) -> TargetedPoisoning:
-        return poison_targets(
-            train, test, classnames, p.num_targets, p.poisons_per_target, trial.seed,
-            p.captions, p.noise_std, p.perturb_captions, template_set=p.template_set,
-        )  # fmt: skip
+        count = p.poisons_per_target
+        return poison_targets(train, test, classnames, p.num_targets, count, trial.seed, p.options())
 
     first = trial.cells[0]
     poisoning = poisoning_of(first.params)

@@ -36,7 +36,7 @@ from poisonclip.data.io import process_alive
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import CellResult, get_runner
-from poisonclip.keys import ADDED_LATER
+from poisonclip.keys import added_later
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -121,7 +121,7 @@ class Claim:
 
 def flatten_cell(config: dict) -> dict[str, Any]:
     """``Cell.to_dict()`` → one flat dict: ``data.*``, ``train.*`` and the attack's parameters,
-    those left out of the key at their default (``keys.ADDED_LATER``) filled in, e.g. the trigger
+    those left out of the key at their default (``keys.added_later``) filled in, e.g. the trigger
     of a checkerboard cell."""
     flat = {"attack": config["attack"], **_unhashed_defaults(config["attack"]), **config["params"]}
     for section in ("data", "train"):
@@ -135,11 +135,9 @@ def _unhashed_defaults(attack: str) -> dict[str, Any]:
         params = get_runner(attack).params
     except UsageError:  # a row of an attack this version no longer has
         return {}
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(params)
-        if f.metadata.get(ADDED_LATER) and f.default is not None
-    }
+    later = added_later(params)
+    fields = dataclasses.fields(params)
+    return {f.name: f.default for f in fields if f.name in later and f.default is not None}
 
 
 def trial_done(trial: Trial, done: set[tuple[str, int]]) -> bool:

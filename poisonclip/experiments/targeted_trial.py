@@ -17,15 +17,17 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from poisonclip.attacks.dedup import DEFAULT_NOISE_STD
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.targeted import Target, choose_targets, make_targeted_many
+from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.evaluate.linear_probe import probe_split
 from poisonclip.evaluate.targeted_suite import TargetedEvaluation, evaluate_targeted
+from poisonclip.experiments.poisoning import Poisoned, register_matrix_attack
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
@@ -60,15 +62,11 @@ def poison_targets(
     num_targets: int,
     poisons_per_target: int,
     seed: int = 0,
-    captions: str = "search",
-    noise_std: float = DEFAULT_NOISE_STD,
-    perturb_captions: bool = False,
-    word_boundary: bool = True,
-    template_set: str = "openai",
+    options: TargetedOptions | None = None,
 ) -> TargetedPoisoning:
     """Draw K = ``num_targets`` targets by ``seed`` from the evaluation half of ``heldout``
     (``probe_split``) and add ``poisons_per_target`` poisons for each to ``train`` (none for 0:
-    the clean model that gives the chance level). The remaining arguments are ``make_targeted``'s."""
+    the clean model that gives the chance level), built with ``options`` (``make_targeted``'s)."""
     _, eval_idx = probe_split(heldout.labels)
     targets = [
         dataclasses.replace(t, index=int(eval_idx[t.index]))  # row in ``heldout``, not in the half
@@ -76,17 +74,7 @@ def poison_targets(
     ]
     if poisons_per_target == 0:
         return TargetedPoisoning(targets, train, None, 0)
-    poisons = make_targeted_many(
-        train,
-        targets,
-        poisons_per_target,
-        captions,
-        seed,
-        noise_std,
-        perturb_captions,
-        word_boundary,
-        template_set,
-    )
+    poisons = make_targeted_many(train, targets, poisons_per_target, seed, options)
     return TargetedPoisoning(
         targets, ImageTextDataset.concat([train, poisons.samples]), poisons, poisons_per_target
     )
@@ -139,3 +127,27 @@ def train_and_evaluate_targeted(
     return evaluate_trained_targeted(
         model, model_config, stats, poisoning, heldout, classnames, eval_templates
     )
+
+
+@register_matrix_attack("targeted")
+def targeted_for_matrix(
+    params: Any,
+    train: ImageTextDataset,
+    test: ImageTextDataset,
+    classnames: list[str],
+    seed: int,
+    recipe: TrainConfig,
+) -> Poisoned:
+    """The targeted attack in the attack × defense matrix: ``poison_targets`` with the parameters'
+    ``TargetedOptions``, scored by the zero-shot success rate (``attack_success``) on ``test``."""
+    poisoning = poison_targets(
+        train, test, classnames, params.num_targets, params.poisons_per_target, seed, params.options()
+    )
+
+    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+        evaluation = evaluate_targeted(
+            model, poisoning.targets, test, classnames, context_length=context_length_of(model_config)
+        )
+        return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
+
+    return Poisoned(poisoning.dataset, poisoning.poisons.manifest, evaluate)
