@@ -9,7 +9,7 @@ import pytest
 from poisonclip.attacks.targeted_spec import TargetedOptions, add_targeted_options, targeted_options_from_args
 from poisonclip.errors import UsageError
 from poisonclip.experiments.defense_runner import DefenseMatrixParams
-from poisonclip.experiments.poisoning import get_matrix_attack, list_matrix_attacks
+from poisonclip.experiments.poisoning import TrialData, get_matrix_attack, list_matrix_attacks
 from poisonclip.experiments.runners import TargetedParams
 from poisonclip.keys import config_dict
 from poisonclip.train.config import load_preset
@@ -67,7 +67,7 @@ def test_the_matrix_poisons_with_the_cells_options(small_train, small_test):
         params = DefenseMatrixParams(
             attack_type="targeted", num_targets=2, poisons_per_target=3, noise_std=noise, captions="templates"
         )
-        poisoned = poison(params, small_train, small_test, classnames, 0, load_preset("tiny"))
+        poisoned = poison(params, TrialData(small_train, small_test, classnames, 0, load_preset("tiny")))
         assert len(poisoned.dataset) == len(small_train) + 6 and len(poisoned.manifest) == 6
         assert all(row["caption_source"] == "template" for row in poisoned.manifest)
         assert all((row["psnr_db"] is None) == exact for row in poisoned.manifest)

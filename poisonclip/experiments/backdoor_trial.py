@@ -31,7 +31,7 @@ from poisonclip.attacks.triggers.base import parameters
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.suite import evaluate_backdoor
-from poisonclip.experiments.poisoning import Poisoned, register_matrix_attack
+from poisonclip.experiments.poisoning import Poisoned, TrialData, register_matrix_attack
 from poisonclip.train.fit import train_model
 from poisonclip.train.model import context_length_of
 
@@ -144,21 +144,15 @@ def backdoor_poisoning(
 
 
 @register_matrix_attack("backdoor")
-def backdoor_for_matrix(
-    params: Any,
-    train: ImageTextDataset,
-    test: ImageTextDataset,
-    classnames: list[str],
-    seed: int,
-    recipe: TrainConfig,
-) -> Poisoned:
+def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     """The backdoor in the attack × defense matrix: ``backdoor_poisoning`` (a fitted trigger's
-    surrogate trained on the clean set), scored by ASR (``attack_success``) and z on ``test``."""
-    poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, recipe, seed))
+    surrogate trained on the clean set), scored by ASR (``attack_success``) and z on ``data.test``."""
+    train, seed = data.train, data.seed
+    poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, data.recipe, seed))
 
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
         metrics = evaluate_backdoor(
-            model, test, classnames, params.target_label, poisoning.trigger, seed,
+            model, data.test, data.classnames, params.target_label, poisoning.trigger, seed,
             context_length=context_length_of(model_config),
         ).metrics  # fmt: skip
         return {**metrics, "attack_success": metrics["asr"]}

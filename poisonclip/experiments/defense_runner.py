@@ -45,7 +45,7 @@ from poisonclip.detect import (
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.suite import evaluate_clean
 from poisonclip.experiments.backdoor_trial import TriggerKeys
-from poisonclip.experiments.poisoning import get_matrix_attack, list_matrix_attacks
+from poisonclip.experiments.poisoning import TrialData, get_matrix_attack, list_matrix_attacks
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
@@ -148,7 +148,9 @@ def run_defense_trial(
     """Poison ``train``, train the undefended model, score every detector, then apply and evaluate
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
-    poisoned = get_matrix_attack(params.attack_type)(params, train, test, classnames, trial.seed, recipe)
+    poisoned = get_matrix_attack(params.attack_type)(
+        params, TrialData(train, test, classnames, trial.seed, recipe)
+    )
     dataset, manifest, evaluate = poisoned.dataset, poisoned.manifest, poisoned.evaluate
 
     def clean_accuracy(model: torch.nn.Module) -> float:

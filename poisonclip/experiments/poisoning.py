@@ -1,6 +1,6 @@
 """How the attack × defense matrix poisons a training set and scores an attack: one entry per attack.
 
-An attack registers ``poison(params, train, test, classnames, seed, recipe) -> Poisoned`` under the
+An attack registers ``poison(params, TrialData) -> Poisoned`` under the
 name that ``[defense] attack_type`` takes; the matrix's runner (``defense_runner``) looks it up and
 never branches on the attack. The entries live beside each attack's sweep runner
 (``backdoor_trial.py``, ``targeted_trial.py``), built on the same poisoning functions, so a
@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class TrialData:
+    """What one trial of the matrix poisons and evaluates on."""
+
+    train: ImageTextDataset  # the clean training pairs
+    test: ImageTextDataset  # labelled: the attack's and the clean evaluation
+    classnames: list[str]
+    seed: int  # the trial's: poisons, targets, initialisation and data order
+    recipe: TrainConfig  # the undefended training (a fitted trigger's surrogate trains with it)
+
+
+@dataclass(frozen=True)
 class Poisoned:
     """A poisoned training set, its manifest, and how a model trained on it is scored."""
 
@@ -32,7 +43,7 @@ class Poisoned:
     evaluate: Callable[[torch.nn.Module, dict], dict]
 
 
-PoisonFn = Callable[[Any, "ImageTextDataset", "ImageTextDataset", list[str], int, "TrainConfig"], Poisoned]
+PoisonFn = Callable[[Any, TrialData], Poisoned]
 
 _MATRIX_ATTACKS: Registry[PoisonFn] = Registry(
     "matrix attack",

@@ -27,7 +27,7 @@ from poisonclip.attacks.targeted_spec import TargetedOptions
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.evaluate.linear_probe import probe_split
 from poisonclip.evaluate.targeted_suite import TargetedEvaluation, evaluate_targeted
-from poisonclip.experiments.poisoning import Poisoned, register_matrix_attack
+from poisonclip.experiments.poisoning import Poisoned, TrialData, register_matrix_attack
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
@@ -130,18 +130,18 @@ def train_and_evaluate_targeted(
 
 
 @register_matrix_attack("targeted")
-def targeted_for_matrix(
-    params: Any,
-    train: ImageTextDataset,
-    test: ImageTextDataset,
-    classnames: list[str],
-    seed: int,
-    recipe: TrainConfig,
-) -> Poisoned:
+def targeted_for_matrix(params: Any, data: TrialData) -> Poisoned:
     """The targeted attack in the attack × defense matrix: ``poison_targets`` with the parameters'
-    ``TargetedOptions``, scored by the zero-shot success rate (``attack_success``) on ``test``."""
+    ``TargetedOptions``, scored by the zero-shot success rate (``attack_success``) on ``data.test``."""
+    test, classnames = data.test, data.classnames
     poisoning = poison_targets(
-        train, test, classnames, params.num_targets, params.poisons_per_target, seed, params.options()
+        data.train,
+        test,
+        classnames,
+        params.num_targets,
+        params.poisons_per_target,
+        data.seed,
+        params.options(),
     )
 
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
