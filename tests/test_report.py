@@ -9,8 +9,9 @@ import tomllib
 import pytest
 
 from poisonclip.cli import main
+from poisonclip.experiments.backdoor_trial import HISTOGRAM_EDGES, SIMILARITY_EDGES
 from poisonclip.experiments.grid import FIGURES, parse_sweep
-from poisonclip.experiments.runners import HISTOGRAM_EDGES, SIMILARITY_EDGES, CellResult
+from poisonclip.experiments.runners import CellResult
 from poisonclip.experiments.store import ResultStore
 from poisonclip.report.document import write_report
 from poisonclip.report.figure_registry import FigureSpec, get_figure, list_figures, register_figure

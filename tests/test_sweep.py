@@ -13,8 +13,9 @@ import pytest
 
 from poisonclip.cli import main
 from poisonclip.errors import UsageError
+from poisonclip.experiments.backdoor_trial import SIMILARITY_EDGES
 from poisonclip.experiments.grid import load_sweep, parse_sweep
-from poisonclip.experiments.runners import SIMILARITY_EDGES, CellResult
+from poisonclip.experiments.runners import CellResult
 from poisonclip.experiments.store import ResultStore
 from poisonclip.experiments.sweep import (
     LocalExecutor,
@@ -385,3 +386,24 @@ def test_every_figure_has_an_experiment_file():
     from poisonclip.report.figure_registry import list_figures
 
     assert {f for path in EXPERIMENTS for f in load_sweep(path).figures} == set(list_figures())
+
+
+def test_the_listed_builtin_runners_and_matrix_attacks_are_what_their_modules_register():
+    import importlib
+
+    from poisonclip.experiments.poisoning import (
+        BUILTIN_MATRIX_ATTACKS,
+        get_matrix_attack,
+        list_matrix_attacks,
+    )
+    from poisonclip.experiments.runners import BUILTIN_RUNNERS, get_runner, list_runners
+
+    for module in {*BUILTIN_RUNNERS.values(), *BUILTIN_MATRIX_ATTACKS.values()}:
+        importlib.import_module(module)
+    assert list_runners() == sorted(BUILTIN_RUNNERS)  # a new built-in runner needs its line in the table
+    for name, module in BUILTIN_RUNNERS.items():
+        runner = get_runner(name)
+        assert (runner.prepare or runner.run).__module__ == module
+    assert list_matrix_attacks() == sorted(BUILTIN_MATRIX_ATTACKS)
+    for name, module in BUILTIN_MATRIX_ATTACKS.items():
+        assert get_matrix_attack(name).__module__ == module

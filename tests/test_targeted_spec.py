@@ -10,7 +10,7 @@ from poisonclip.attacks.targeted_spec import TargetedOptions, add_targeted_optio
 from poisonclip.errors import UsageError
 from poisonclip.experiments.defense_runner import DefenseMatrixParams
 from poisonclip.experiments.poisoning import TrialData, get_matrix_attack, list_matrix_attacks
-from poisonclip.experiments.runners import TargetedParams
+from poisonclip.experiments.targeted_trial import TargetedParams
 from poisonclip.keys import config_dict
 from poisonclip.train.config import load_preset
 from tests.conftest import SMALL

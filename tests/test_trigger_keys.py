@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from poisonclip.errors import UsageError
+from poisonclip.experiments.backdoor_trial import BackdoorParams
 from poisonclip.experiments.defense_runner import DefenseMatrixParams
 from poisonclip.experiments.grid import load_sweep, parse_sweep
-from poisonclip.experiments.runners import BackdoorParams
 from poisonclip.keys import config_dict
 
 from .conftest import TINY_GRID as HEAD

@@ -22,8 +22,8 @@ from poisonclip.data import SyntheticConfig, read_csv_dataset, write_synthetic
 from poisonclip.data.dataset import read_classnames
 from poisonclip.data.wds import read_shard_dataset, write_shards
 from poisonclip.errors import UsageError
+from poisonclip.experiments.backdoor_trial import BackdoorParams
 from poisonclip.experiments.grid import parse_sweep
-from poisonclip.experiments.runners import BackdoorParams
 from poisonclip.keys import config_dict
 from poisonclip.progress import NON_TTY_INTERVAL, progress_bar
 from poisonclip.train.config import load_preset

@@ -1,6 +1,5 @@
 """Experiments: trials (train + evaluate) and the runners built from them (the demo, sweeps)."""
 
-from poisonclip.experiments import defense_runner  # noqa: F401  (registers the "defense" sweep runner)
 from poisonclip.experiments.demo import DemoConfig, format_table, run_demo
 from poisonclip.experiments.targeted_trial import train_and_evaluate_targeted
 from poisonclip.experiments.trial import train_and_evaluate_backdoor

@@ -1,7 +1,7 @@
-"""The backdoor's trigger in sweeps: its experiment-file keys, and the poisoning that uses it.
+"""The backdoor in sweeps: its runner (``[backdoor]``, ``BackdoorParams``), its part of the attack ×
+defense matrix (``[defense] attack_type = "backdoor"``), and the trigger keys and poisoning both use.
 
-Shared by the backdoor runner (``[backdoor]``) and the attack × defense matrix (``[defense]``), so
-the trigger is built in one place. An experiment file names a trigger and gives its parameters as
+The trigger is built in one place for both. An experiment file names a trigger and gives its parameters as
 keys of the same table, each of them a grid axis if it is a list::
 
     [backdoor]
@@ -13,7 +13,7 @@ trigger registered at runtime works without editing this file. Result keys: ``pa
 ``placement`` were fields of the parameter classes before triggers were plugins, and stored results
 are keyed by them; a trigger parameter of either name is kept in that field, any other in
 ``trigger_params`` (the values that differ from the trigger's defaults, sorted). All of them and
-``trigger`` are left out of the hash at their defaults (``keys.ADDED_LATER``), so a checkerboard
+``trigger`` are left out of the hash at their defaults (``keys.added_later``), so a checkerboard
 cell hashes exactly as before and a blended cell holds no patch size.
 """
 
@@ -22,22 +22,30 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from poisonclip.attacks.backdoor import fit_trigger, make_backdoor
 from poisonclip.attacks.triggers import Trigger, build_trigger, parameter_names
 from poisonclip.attacks.triggers.base import parameters
 from poisonclip.data.dataset import ImageTextDataset
+from poisonclip.data.prompts import check_templates
+from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
-from poisonclip.evaluate.suite import evaluate_backdoor
+from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
+from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe, evaluate_backdoor
 from poisonclip.experiments.poisoning import Poisoned, TrialData, register_matrix_attack
+from poisonclip.experiments.runners import CellResult, OneModel, register_one_model_runner
+from poisonclip.experiments.trial import evaluate_trained_backdoor
+from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
+from poisonclip.train.loop import TrainStats
 from poisonclip.train.model import context_length_of
 
 if TYPE_CHECKING:
-    import torch
-
+    from poisonclip.experiments.grid import Trial
     from poisonclip.train.config import TrainConfig
 
 LEGACY_KEYS = ("patch_size", "placement")  # trigger parameters with fields of their own (result keys)
@@ -158,3 +166,121 @@ def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
         return {**metrics, "attack_success": metrics["asr"]}
 
     return Poisoned(poisoning.dataset, poisoning.manifest, evaluate)
+
+
+# Bins of the per-trial curves stored with every result row (paper Fig 3).
+SIMILARITY_EDGES = torch.linspace(-1, 1, 41)  # left: P(same label) per pair-similarity bin
+HISTOGRAM_EDGES = torch.linspace(-1, 1, 101)  # right: clean-pair vs patched-pair similarity
+
+
+@dataclass(frozen=True)
+class BackdoorParams(TriggerKeys):
+    """The backdoor attack in a sweep (paper §3.3, §5.1); the keys of ``[backdoor]``: these fields
+    and the trigger's parameters (``experiments/backdoor_trial.py``; a parameter of the trigger
+    called ``patch_size`` or ``placement`` is kept in the field of that name)."""
+
+    target_label: str = "star"
+    poison_count: int = 100  # poisons added to the clean pairs; 0 = a clean model (the baseline)
+    # None: the trigger's default; for a trigger without the parameter, None stays (unhashed)
+    patch_size: int | None = field(default=None, metadata={ADDED_LATER: True})  # patch side in pixels
+    placement: str | None = field(default=None, metadata={ADDED_LATER: True})  # where the poisons carry it
+    # where the test images carry it (evaluation only); None: the trigger's default placement
+    eval_placement: str | None = field(default=None, metadata={ADDED_LATER: True})
+    # zero-shot prompts (evaluation only): a set name (poisonclip.data.prompts) or a file
+    eval_templates: str = field(default="synthetic", metadata={ADDED_LATER: True})
+    trigger: str = field(default="checkerboard", metadata={ADDED_LATER: True})  # attacks/triggers
+    trigger_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={ADDED_LATER: True})
+
+    def __post_init__(self) -> None:
+        check_templates("eval_templates", self.eval_templates)
+        if self.poison_count < 0:
+            raise UsageError(f"poison_count must be >= 0, got {self.poison_count}")
+        spec = self.resolve_trigger()
+        object.__setattr__(self, "eval_placement", evaluation_placement(spec, self.eval_placement))
+
+    def evaluation_trigger(self, fitted: Trigger) -> Trigger:
+        """The trigger the test images carry: the poisons' own, at ``eval_placement`` if it has one."""
+        return placed(fitted, self.eval_placement)
+
+    def training_params(self) -> dict:
+        if self.poison_count == 0:  # a clean model: no trigger, target or placement is trained in
+            return {"poison_count": 0}
+        params = config_dict(self)
+        params.pop("eval_placement", None)  # config_dict leaves both out where None or default
+        params.pop("eval_templates", None)
+        return params
+
+    def check(self, data: SyntheticConfig) -> None:
+        self.trigger_spec().check_image_size(data.image_size)
+        if self.target_label not in data.classnames:
+            raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
+        if self.poison_count > data.num_train:
+            raise UsageError(f"poison_count {self.poison_count} exceeds num_train {data.num_train}")
+
+
+@register_one_model_runner("backdoor", BackdoorParams)
+def prepare_backdoor_trial(
+    trial: Trial, train: ImageTextDataset, test: ImageTextDataset, classnames: list[str]
+) -> OneModel:
+    """Add the trial's poisons to ``train`` (none for 0 poisons); the model trained with the trial's
+    seed is evaluated once per cell (its target, trigger and evaluation placement; the cells of a
+    clean model may name different triggers, each fitted as poisoning would fit it)."""
+    first = trial.cells[0]  # all cells share training_params(), hence the same poisons
+    params, recipe = first.params, first.train.replace(seed=trial.seed)
+    surrogate = clean_surrogate(train, recipe, trial.seed)
+    poisoning = backdoor_poisoning(params, train, trial.seed, surrogate) if params.poison_count else None
+    dataset = poisoning.dataset if poisoning else train
+
+    def fitted(p: BackdoorParams) -> Trigger:
+        """The poisons' trigger; on a clean model, the cell's trigger fitted as poisoning would fit it."""
+        return poisoning.trigger if poisoning else backdoor_poisoning(p, train, trial.seed, surrogate).trigger
+
+    def finish(model: torch.nn.Module, model_config: dict, stats: TrainStats) -> list[CellResult]:
+        sizes = {
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "num_params_visual": sum(p.numel() for p in model.visual.parameters()),
+        }
+        results = []
+        for cell in trial.cells:
+            p = cell.params
+            trigger = p.evaluation_trigger(fitted(p))
+            metrics, evaluation = evaluate_trained_backdoor(
+                model,
+                model_config,
+                stats,
+                test,
+                classnames,
+                p.target_label,
+                trigger,
+                trial.seed,
+                p.eval_templates,
+            )
+            metrics.update(backdoor_linear_probe(evaluation, len(classnames)))
+            metrics.update(
+                sizes, num_train_pairs=len(dataset), poison_rate=params.poison_count / len(dataset)
+            )
+            if (area := trigger.area_fraction(test.images.shape[-1])) is not None:
+                metrics["patch_area_fraction"] = area
+            results.append(CellResult(metrics, similarity_curves(evaluation)))
+        return results
+
+    return OneModel(dataset, recipe, finish)
+
+
+def similarity_curves(evaluation: BackdoorEvaluation) -> dict[str, list]:
+    """Binned pair statistics of one evaluation (exact, all pairs i < j of non-target test images)."""
+    pairs, same_label = same_label_by_similarity(
+        evaluation.clean_features, evaluation.labels, SIMILARITY_EDGES
+    )
+    _, same_prediction = same_label_by_similarity(
+        evaluation.clean_features, evaluation.clean_predictions, SIMILARITY_EDGES
+    )
+    return {
+        "similarity_edges": SIMILARITY_EDGES.tolist(),
+        "pairs": pairs,
+        "same_label": same_label,
+        "same_prediction": same_prediction,
+        "histogram_edges": HISTOGRAM_EDGES.tolist(),
+        "clean_pairs": pair_similarity_histogram(evaluation.clean_features, HISTOGRAM_EDGES),
+        "patched_pairs": pair_similarity_histogram(evaluation.patched_features, HISTOGRAM_EDGES),
+    }

@@ -13,7 +13,7 @@ An experiment file (see ``experiments/*.toml``)::
     [train]                       # preset name + TrainConfig fields (not ``seed``: see ``seeds``)
     preset = "demo"
     model = ["toy-vit-w32", "toy-vit-w64"]
-    [backdoor]                    # the attack's parameter fields (runners.BackdoorParams), and
+    [backdoor]                    # the attack's parameter fields (backdoor_trial.BackdoorParams), and
     poison_count = [25, 100]      # its trigger's parameters (experiments/backdoor_trial.py)
     eval_placement = ["consistent", "random"]
     [slurm]                       # submitit parameters, used by ``--executor slurm`` only
@@ -67,7 +67,7 @@ class Cell:
     attack: str
     data: SyntheticConfig
     train: TrainConfig  # its ``seed`` is unused: each trial's seed replaces it
-    params: Any  # the attack's frozen parameter dataclass, e.g. runners.BackdoorParams
+    params: Any  # the attack's frozen parameter dataclass, e.g. backdoor_trial.BackdoorParams
 
     def to_dict(self) -> dict:
         """The resolved config as JSON-able dicts, seed excluded (it is the key's other half)."""

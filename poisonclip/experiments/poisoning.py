@@ -45,13 +45,12 @@ class Poisoned:
 
 PoisonFn = Callable[[Any, TrialData], Poisoned]
 
-_MATRIX_ATTACKS: Registry[PoisonFn] = Registry(
-    "matrix attack",
-    {
-        "backdoor": "poisonclip.experiments.backdoor_trial",
-        "targeted": "poisonclip.experiments.targeted_trial",
-    },
-)
+# name -> the module that registers it (imported on first use)
+BUILTIN_MATRIX_ATTACKS = {
+    "backdoor": "poisonclip.experiments.backdoor_trial",
+    "targeted": "poisonclip.experiments.targeted_trial",
+}
+_MATRIX_ATTACKS: Registry[PoisonFn] = Registry("matrix attack", BUILTIN_MATRIX_ATTACKS)
 register_matrix_attack = _MATRIX_ATTACKS.register
 list_matrix_attacks = _MATRIX_ATTACKS.names
 get_matrix_attack = _MATRIX_ATTACKS.get
