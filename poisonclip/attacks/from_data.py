@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poisonclip.attacks.backdoor import make_backdoor, make_backdoor_from_shards
 from poisonclip.attacks.poison_set import PoisonSet, write_poison_set, write_poison_shards
@@ -21,8 +21,11 @@ from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.manifest import POISON_CSV_NAME
 from poisonclip.data.reading import read_data
-from poisonclip.data.wds import CaptionScan, is_shard_url, shard_ranges
+from poisonclip.data.shard_urls import is_shard_url, shard_ranges
 from poisonclip.errors import UsageError
+
+if TYPE_CHECKING:
+    from poisonclip.data.wds import CaptionScan
 
 
 @dataclass(frozen=True)

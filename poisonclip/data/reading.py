@@ -16,8 +16,8 @@ from pathlib import Path
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
 from poisonclip.data.imagefolder import class_directories, read_imagefolder, resolve_classnames
+from poisonclip.data.shard_urls import is_shard_url
 from poisonclip.data.synthetic import SyntheticConfig
-from poisonclip.data.wds import is_shard_url, read_shard_dataset
 from poisonclip.errors import UsageError
 
 
@@ -38,6 +38,8 @@ def read_data(
     """
     label_column = csv.label_column if labelled else None
     if is_shard_url(path):
+        from poisonclip.data.wds import read_shard_dataset  # loads webdataset: only for shards
+
         return read_shard_dataset(
             path, image_size, progress=progress, label_key=label_column, classnames=classnames,
             classnames_source=classnames_source,

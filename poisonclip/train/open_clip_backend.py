@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from poisonclip.data.wds import is_shard_url
+from poisonclip.data.shard_urls import is_shard_url
 from poisonclip.errors import UsageError
 from poisonclip.train.checkpoint import save_checkpoint
 from poisonclip.train.config import TrainConfig
