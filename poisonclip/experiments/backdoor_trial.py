@@ -151,7 +151,9 @@ def backdoor_poisoning(
     )
 
 
-@register_matrix_attack("backdoor")
+@register_matrix_attack(
+    "backdoor", ("target_label", "poison_count", *LEGACY_KEYS, "trigger", "trigger_params")
+)
 def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     """The backdoor in the attack × defense matrix: ``backdoor_poisoning`` (a fitted trigger's
     surrogate trained on the clean set), scored by ASR (``attack_success``) and z on ``data.test``."""

@@ -1,15 +1,16 @@
 """How the attack × defense matrix poisons a training set and scores an attack: one entry per attack.
 
 An attack registers ``poison(params, TrialData) -> Poisoned`` under the
-name that ``[defense] attack_type`` takes; the matrix's runner (``defense_runner``) looks it up and
-never branches on the attack. The entries live beside each attack's sweep runner
+name that ``[defense] attack_type`` takes, with the ``[defense]`` keys that only it reads; the
+matrix's runner (``defense_runner``) looks it up and never branches on the attack, and the report
+leaves an attack's keys out of the other attacks' labels. The entries live beside each attack's sweep runner
 (``backdoor_trial.py``, ``targeted_trial.py``), built on the same poisoning functions, so a
 matrix cell poisons exactly as the attack's own sweep does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,14 +44,37 @@ class Poisoned:
     evaluate: Callable[[torch.nn.Module, dict], dict]
 
 
-PoisonFn = Callable[[Any, TrialData], Poisoned]
+@dataclass(frozen=True)
+class MatrixAttack:
+    poison: Callable[[Any, TrialData], Poisoned]
+    keys: tuple[str, ...]  # the [defense] keys only this attack reads
+
 
 # name -> the module that registers it (imported on first use)
 BUILTIN_MATRIX_ATTACKS = {
     "backdoor": "poisonclip.experiments.backdoor_trial",
     "targeted": "poisonclip.experiments.targeted_trial",
 }
-_MATRIX_ATTACKS: Registry[PoisonFn] = Registry("matrix attack", BUILTIN_MATRIX_ATTACKS)
-register_matrix_attack = _MATRIX_ATTACKS.register
+_MATRIX_ATTACKS: Registry[MatrixAttack] = Registry("matrix attack", BUILTIN_MATRIX_ATTACKS)
 list_matrix_attacks = _MATRIX_ATTACKS.names
-get_matrix_attack = _MATRIX_ATTACKS.get
+
+
+def register_matrix_attack(name: str, keys: Sequence[str]) -> Callable[[Callable], Callable]:
+    """Register ``poison(params, data: TrialData) -> Poisoned`` as attack ``name``, reading ``keys``."""
+
+    def decorator(poison: Callable) -> Callable:
+        _MATRIX_ATTACKS.add(name, MatrixAttack(poison, tuple(keys)))
+        return poison
+
+    return decorator
+
+
+def get_matrix_attack(name: str) -> Callable[[Any, TrialData], Poisoned]:
+    return _MATRIX_ATTACKS.get(name).poison
+
+
+def keys_of_other_attacks(name: str) -> tuple[str, ...]:
+    """The ``[defense]`` keys that attack ``name`` does not read (another attack's)."""
+    return tuple(
+        k for other in list_matrix_attacks() if other != name for k in _MATRIX_ATTACKS.get(other).keys
+    )

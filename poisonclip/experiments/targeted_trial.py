@@ -139,7 +139,9 @@ def train_and_evaluate_targeted(
     )
 
 
-@register_matrix_attack("targeted")
+@register_matrix_attack(
+    "targeted", ("num_targets", "poisons_per_target", *(f.name for f in dataclasses.fields(TargetedOptions)))
+)
 def targeted_for_matrix(params: Any, data: TrialData) -> Poisoned:
     """The targeted attack in the attack × defense matrix: ``poison_targets`` with the parameters'
     ``TargetedOptions``, scored by the zero-shot success rate (``attack_success``) on ``data.test``."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from poisonclip.experiments.poisoning import keys_of_other_attacks, list_matrix_attacks
 from poisonclip.report.figure_registry import FigureSpec, Table, register_figure
 from poisonclip.report.formatting import describe, mean_pm_std, sort_key, varying_keys
 from poisonclip.report.plotting import place_legend, pyplot, save_figure, subplots
@@ -26,16 +27,11 @@ if TYPE_CHECKING:
 DEFENSE_ORDER = ("none", "filter", "cleanclip", "roclip", "safeclip")  # columns, then by spec
 
 
-# Settings of one attack type only: never shown on the other's rows, where they do nothing.
-ATTACK_ONLY_KEYS = {
-    "backdoor": ("num_targets", "poisons_per_target", "captions"),
-    "targeted": ("target_label", "poison_count", "patch_size", "placement", "trigger", "trigger_params"),
-}
-
-
 def _attack_label(row: ResultRow, keys: Sequence[str]) -> str:
     """The attack configuration of a row: its type and the (non-defense) settings that vary."""
-    unused = ATTACK_ONLY_KEYS.get(row.get("attack_type"), ())
+    # settings of another attack are never shown on this attack's rows, where they do nothing
+    attack = row.get("attack_type")
+    unused = keys_of_other_attacks(attack) if attack in list_matrix_attacks() else ()
     details = ", ".join(describe(k, row.get(k)) for k in keys if k not in unused)
     return f"{row.get('attack_type')}" + (f" ({details})" if details else "")
 
