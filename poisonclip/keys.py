@@ -16,7 +16,10 @@ def added_later(cls: Any) -> set[str]:
     ``ADDED_LATER_FIELDS`` (for fields a class inherits from a spec that other classes hash
     whole, e.g. ``TargetedOptions``)."""
     named = set(getattr(cls, "ADDED_LATER_FIELDS", ()))
-    return {f.name for f in dataclasses.fields(cls) if f.metadata.get(ADDED_LATER) or f.name in named}
+    fields = dataclasses.fields(cls)
+    if unknown := named - {f.name for f in fields}:
+        raise TypeError(f"ADDED_LATER_FIELDS names no field: {sorted(unknown)}")  # a typo would rehash
+    return {f.name for f in fields if f.metadata.get(ADDED_LATER) or f.name in named}
 
 
 def config_dict(obj: Any) -> dict:

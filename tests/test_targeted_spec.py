@@ -30,13 +30,16 @@ def test_command_line_options_are_the_spec():
     assert parse([*argv, "--substring"]) == TargetedOptions("both", 0.0, True, "synthetic", False)
     with pytest.raises(SystemExit):  # argparse refuses a caption source the spec does not list
         parse(["--captions", "nearest"])
+    with pytest.raises(UsageError, match=r"^--templates: unknown template set"):  # the flag, not the field
+        parse(["--templates", "no-such-file.txt"])
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"captions": "nearest"}, "captions must be one of"),
-        ({"noise_std": -1.0}, "noise_std must be >= 0"),
+        ({"noise_std": -1.0}, "noise_std must be a finite number >= 0"),
+        ({"noise_std": float("nan")}, "noise_std must be a finite number >= 0"),
         ({"noise_std": "loud"}, "noise_std must be a number"),
         ({"perturb_captions": "yes"}, "perturb_captions must be true or false"),
         ({"template_set": "no-such-set"}, "template_set: unknown template set"),

@@ -77,7 +77,7 @@ def test_shipped_fig2_left_is_the_demo_setting():
         (("[0, 2, 8]", "[0, -1]"), "poisons_per_target must be >= 0"),
         (("[0, 2, 8]", "[0, 101]"), "303 poisons exceeds num_train 300"),
         (("[targeted]", '[targeted]\ncaptions = "web"'), "captions must be one of"),
-        (("[targeted]", "[targeted]\nnoise_std = -1"), "noise_std must be >= 0"),
+        (("[targeted]", "[targeted]\nnoise_std = -1"), "noise_std must be a finite number >= 0"),
         (("[targeted]", "[targeted]\nperturb_captions = 1"), "is not of type"),
         (("[targeted]", '[targeted]\ntemplate_set = "imagenet"'), "template_set: unknown template"),
         (('"openai"]', '"nope"]'), "eval_templates: unknown template set 'nope'"),

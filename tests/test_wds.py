@@ -194,8 +194,8 @@ def test_targeted_on_shards_with_templates_needs_no_matching_caption(shards, sma
     assert all("zebra" in c for c in poisons.samples.captions)
     with pytest.raises(UsageError, match="appears in no training caption"):
         make_targeted_from_shards(shards.url, target, 5, progress=False)
-    with pytest.raises(UsageError, match="unknown template set"):  # checked before the scan
-        make_targeted_from_shards(shards.url, target, 5, options=TargetedOptions("both", template_set="x"))
+    with pytest.raises(UsageError, match="poison count must be at least 1"):  # checked before the scan
+        make_targeted_from_shards(shards.url, target, 0, options=TargetedOptions("both"))
 
 
 def test_targeted_on_shards_checks_the_image_size(shards, small_test):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +79,8 @@ class TargetedOptions:
             object.__setattr__(self, "noise_std", float(self.noise_std))  # 1 and 1.0: one option
         if not isinstance(self.noise_std, float):
             raise UsageError(f"noise_std must be a number, got {self.noise_std!r}")
-        if self.noise_std < 0:
-            raise UsageError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not math.isfinite(self.noise_std) or self.noise_std < 0:
+            raise UsageError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         for name in ("perturb_captions", "word_boundary"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -116,6 +117,14 @@ def add_targeted_options(parser: argparse._ActionsContainer, only: tuple[str, ..
 
 
 def targeted_options_from_args(args: argparse.Namespace) -> TargetedOptions:
-    """The options ``add_targeted_options`` parsed."""
-    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(TargetedOptions)}
-    return TargetedOptions(**values)
+    """The options ``add_targeted_options`` parsed (an error names the option, not the field)."""
+    fields = dataclasses.fields(TargetedOptions)
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields}
+    try:
+        return TargetedOptions(**values)
+    except UsageError as err:
+        message = str(err)
+        for f in fields:
+            if message.startswith(f.name):
+                message = _flag(f) + message[len(f.name) :]
+        raise UsageError(message) from err

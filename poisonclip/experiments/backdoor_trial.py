@@ -151,8 +151,15 @@ def backdoor_poisoning(
     )
 
 
+def check_backdoor(params: Any, data: SyntheticConfig) -> None:
+    """The trigger fits the data's images and the target label is one of its classes."""
+    params.trigger_spec().check_image_size(data.image_size)
+    if params.target_label not in data.classnames:
+        raise UsageError(f"target_label {params.target_label!r} is not a class of the synthetic data")
+
+
 @register_matrix_attack(
-    "backdoor", ("target_label", "poison_count", *LEGACY_KEYS, "trigger", "trigger_params")
+    "backdoor", ("target_label", "poison_count", *LEGACY_KEYS, "trigger", "trigger_params"), check_backdoor
 )
 def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     """The backdoor in the attack × defense matrix: ``backdoor_poisoning`` (a fitted trigger's
@@ -213,9 +220,7 @@ class BackdoorParams(TriggerKeys):
         return params
 
     def check(self, data: SyntheticConfig) -> None:
-        self.trigger_spec().check_image_size(data.image_size)
-        if self.target_label not in data.classnames:
-            raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
+        check_backdoor(self, data)
         if self.poison_count > data.num_train:
             raise UsageError(f"poison_count {self.poison_count} exceeds num_train {data.num_train}")
 

@@ -45,7 +45,12 @@ from poisonclip.detect import (
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.suite import evaluate_clean
 from poisonclip.experiments.backdoor_trial import TriggerKeys
-from poisonclip.experiments.poisoning import TrialData, get_matrix_attack, list_matrix_attacks
+from poisonclip.experiments.poisoning import (
+    TrialData,
+    check_matrix_attack,
+    get_matrix_attack,
+    list_matrix_attacks,
+)
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
@@ -123,10 +128,7 @@ class DefenseMatrixParams(TriggerKeys, TargetedOptions):
         return params
 
     def check(self, data: SyntheticConfig) -> None:
-        if self.attack_type == "backdoor":
-            self.trigger_spec().check_image_size(data.image_size)
-            if self.target_label not in data.classnames:
-                raise UsageError(f"target_label {self.target_label!r} is not a class of the synthetic data")
+        check_matrix_attack(self.attack_type, self, data)
         if self.clean_pairs > data.num_train:
             raise UsageError(f"clean_pairs {self.clean_pairs} exceeds num_train {data.num_train}")
         name, defense = parse_defense(self.defense)

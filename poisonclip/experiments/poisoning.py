@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.train.config import TrainConfig
 
 
@@ -48,6 +49,7 @@ class Poisoned:
 class MatrixAttack:
     poison: Callable[[Any, TrialData], Poisoned]
     keys: tuple[str, ...]  # the [defense] keys only this attack reads
+    check: Callable[[Any, SyntheticConfig], None] | None  # its keys against the data, before any work
 
 
 # name -> the module that registers it (imported on first use)
@@ -59,14 +61,23 @@ _MATRIX_ATTACKS: Registry[MatrixAttack] = Registry("matrix attack", BUILTIN_MATR
 list_matrix_attacks = _MATRIX_ATTACKS.names
 
 
-def register_matrix_attack(name: str, keys: Sequence[str]) -> Callable[[Callable], Callable]:
-    """Register ``poison(params, data: TrialData) -> Poisoned`` as attack ``name``, reading ``keys``."""
+def register_matrix_attack(
+    name: str, keys: Sequence[str], check: Callable[[Any, SyntheticConfig], None] | None = None
+) -> Callable[[Callable], Callable]:
+    """Register ``poison(params, data: TrialData) -> Poisoned`` as attack ``name``, reading ``keys``;
+    ``check(params, data_config)`` refuses settings that do not fit the data (``UsageError``)."""
 
     def decorator(poison: Callable) -> Callable:
-        _MATRIX_ATTACKS.add(name, MatrixAttack(poison, tuple(keys)))
+        _MATRIX_ATTACKS.add(name, MatrixAttack(poison, tuple(keys), check))
         return poison
 
     return decorator
+
+
+def check_matrix_attack(name: str, params: Any, data: SyntheticConfig) -> None:
+    """Attack ``name``'s own checks of ``params`` against the data config, if it has any."""
+    if (check := _MATRIX_ATTACKS.get(name).check) is not None:
+        check(params, data)
 
 
 def get_matrix_attack(name: str) -> Callable[[Any, TrialData], Poisoned]:
@@ -74,7 +85,7 @@ def get_matrix_attack(name: str) -> Callable[[Any, TrialData], Poisoned]:
 
 
 def keys_of_other_attacks(name: str) -> tuple[str, ...]:
-    """The ``[defense]`` keys that attack ``name`` does not read (another attack's)."""
-    return tuple(
-        k for other in list_matrix_attacks() if other != name for k in _MATRIX_ATTACKS.get(other).keys
-    )
+    """The ``[defense]`` keys that another attack reads and attack ``name`` does not."""
+    own = set(_MATRIX_ATTACKS.get(name).keys)
+    others = [k for other in list_matrix_attacks() if other != name for k in _MATRIX_ATTACKS.get(other).keys]
+    return tuple(dict.fromkeys(k for k in others if k not in own))
