@@ -1,8 +1,8 @@
 """What every benchmark needs: a robust timer (right on a GPU too), the machine it ran on, the
 machine's peak, and the synthetic data to train on.
 
-Imported by the ``bench_*.py`` scripts beside it and ``gpu_check.py`` (run as
-``python bench/bench_x.py``, which puts this folder on ``sys.path``).
+Imported by the ``bench_*.py`` scripts beside it, ``gpu_check.py`` and ``gpu_measurements.py`` (run
+as ``python bench/bench_x.py``, which puts this folder on ``sys.path``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from poisonclip.errors import UsageError
 from poisonclip.experiments.store import SCHEMA, ResultStore
 from poisonclip.train.config import load_preset
 from poisonclip.train.model import get_model_config, image_size_of
-from tests.test_sweep import TINY
+from tests.sweep_files import TINY
 
 SIZE_WARNING = "warning: no --image-size"
 

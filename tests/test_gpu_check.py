@@ -104,7 +104,7 @@ def test_trainer_check_keeps_our_numbers_when_open_clip_train_fails(gpu_check, m
     def fails(*args, **kwargs):
         raise RuntimeError("open_clip_train failed (exit 1):\nits stderr")
 
-    monkeypatch.setattr(gpu_check, "open_clip_rate", fails)
+    monkeypatch.setattr(importlib.import_module("gpu_measurements"), "open_clip_rate", fails)
     with pytest.raises(RuntimeError) as failure:
         gpu_check.check_trainer(gpu_check.Options("cpu", gpu_check.SMOKE, "host"))
     message = str(failure.value)

@@ -20,7 +20,7 @@ from poisonclip.data.dataset import load_image, read_csv_dataset
 from poisonclip.data.io import OUTPUT_MARKER, OutputExistsError, atomic_path, overwrite_allowed
 from poisonclip.errors import UsageError
 from poisonclip.experiments.store import ResultStore
-from tests.test_sweep import tiny_sweep
+from tests.sweep_files import tiny_sweep
 
 
 def run(*args) -> int:

@@ -1,12 +1,11 @@
+"""The targeted attack: its poisons and manifest, many targets, text targets, and its evaluation."""
+
 import json
-import random
-import re
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from poisonclip.attacks import (
     Target,
@@ -18,20 +17,9 @@ from poisonclip.attacks import (
     make_text_targeted,
     read_poison_set,
 )
-from poisonclip.attacks.caption_set import build_caption_set, subset_or_repeat
-from poisonclip.attacks.dedup import (
-    FILLER_WORDS,
-    SYNONYMS,
-    add_pixel_noise,
-    exact_duplicate_filter,
-    perturb_caption,
-    psnr,
-)
+from poisonclip.attacks.dedup import exact_duplicate_filter, psnr
 from poisonclip.attacks.targeted import target_seed
 from poisonclip.attacks.targeted_spec import DEFAULT_NOISE_STD, TargetedOptions
-from poisonclip.cli import build_parser, main
-from poisonclip.data import SHAPES, ImageTextDataset
-from poisonclip.data.prompts import TEMPLATE_SETS
 from poisonclip.errors import UsageError
 from poisonclip.evaluate import (
     evaluate_text_targets,
@@ -45,151 +33,9 @@ from poisonclip.evaluate import (
 from poisonclip.experiments import train_and_evaluate_targeted
 from poisonclip.experiments.targeted_trial import evaluate_trained_targeted, poison_targets
 from poisonclip.train import load_preset, train_model
+from tests.targeted_helpers import CLASSNAMES, make_target, other_label, text_dataset
 
-from .conftest import SMALL
-
-CLASSNAMES = list(SHAPES[: SMALL.num_shapes])
 TEMPLATES = TargetedOptions(captions="templates")
-
-
-def text_dataset(captions, image_size=8):
-    n = len(captions)
-    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, image_size, image_size)
-    return ImageTextDataset(
-        [f"img/{i}.png" for i in range(n)], images.clone(), list(captions), torch.full((n,), -1)
-    )
-
-
-def make_target(split, index, label, classnames=CLASSNAMES):
-    return Target(split.images[index], label, split.keys[index], index, classnames[int(split.labels[index])])
-
-
-def other_label(split, index):
-    return next(c for c in CLASSNAMES if c != CLASSNAMES[int(split.labels[index])])
-
-
-# --- caption sets ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("pool", "count"), [(80, 10), (80, 80), (80, 200), (3, 7), (1, 4)])
-def test_subset_or_repeat_uses_every_entry_evenly(pool, count):
-    idx = subset_or_repeat(pool, count, torch.Generator().manual_seed(0))
-    assert idx.shape == (count,)
-    uses = Counter(idx.tolist())
-    if count <= pool:
-        assert len(uses) == count  # a subset: no repeats
-    else:
-        assert set(uses) == set(range(pool))
-        assert set(uses.values()) <= {count // pool, -(-count // pool)}
-
-
-def test_template_caption_set_subset_and_repeat():
-    data = text_dataset(["a red star", "a blue circle"])
-    prompts = {t("heart") for t in TEMPLATE_SETS["openai"]}
-    g = torch.Generator().manual_seed(0)
-    few = build_caption_set(data, "heart", 10, "templates", g)
-    assert len(few) == 10 and len({c.text for c in few}) == 10 and {c.text for c in few} <= prompts
-    many = build_caption_set(data, "heart", 200, "templates", g)
-    counts = Counter(c.text for c in many)
-    assert len(many) == 200 and set(counts) == prompts and set(counts.values()) == {2, 3}
-    assert all(c.source == "template" and c.ref.startswith("openai#") for c in many)
-    synthetic = build_caption_set(data, "heart", 5, "templates", g, template_set="synthetic")
-    assert {c.text for c in synthetic} <= {t.format("heart") for t in TEMPLATE_SETS["synthetic"]}
-
-
-def test_search_caption_set_is_case_insensitive_and_honours_word_boundaries():
-    data = text_dataset(["a red ring", "a blue circle", "an earring", "Ring on a mat", "RING"])
-    g = torch.Generator().manual_seed(1)
-    whole = build_caption_set(data, "ring", 3, "search", g)
-    assert sorted(c.ref for c in whole) == ["img/0.png", "img/3.png", "img/4.png"]
-    substring = build_caption_set(data, "ring", 4, "search", g, word_boundary=False)
-    assert sorted(c.ref for c in substring) == ["img/0.png", "img/2.png", "img/3.png", "img/4.png"]
-    repeated = build_caption_set(data, "ring", 7, "search", g)
-    assert len(repeated) == 7 and set(Counter(c.ref for c in repeated).values()) == {2, 3}
-    assert all(c.text == data.captions[data.keys.index(c.ref)] for c in repeated)
-
-
-@pytest.mark.parametrize(("count", "templates"), [(1, 1), (7, 4), (10, 5)])
-def test_both_caption_sources_split_the_count(count, templates):
-    data = text_dataset(["a red ring", "a ring on a mat"])
-    chosen = build_caption_set(data, "ring", count, "both", torch.Generator().manual_seed(0))
-    sources = Counter(c.source for c in chosen)
-    assert sources["template"] == templates and sources["search"] == count - templates
-
-
-def test_caption_set_bad_inputs():
-    data = text_dataset(["a red ring"])
-    g = torch.Generator()
-    for source in ("search", "both"):
-        with pytest.raises(UsageError, match="appears in no training caption"):
-            build_caption_set(data, "zebra", 3, source, g)
-    assert len(build_caption_set(data, "zebra", 3, "templates", g)) == 3  # templates need no hits
-    with pytest.raises(UsageError, match="caption source"):
-        build_caption_set(data, "ring", 3, "web", g)
-    with pytest.raises(UsageError, match="unknown template set"):
-        build_caption_set(data, "ring", 3, "templates", g, template_set="nope")
-    with pytest.raises(UsageError, match="at least 1"):
-        build_caption_set(data, "ring", 0, "search", g)
-
-
-# --- dedup evasion --------------------------------------------------------------------------------
-
-
-def test_noise_makes_copies_distinct_with_psnr_above_40_db(small_test):
-    image = small_test.images[0]
-    copies, db = add_pixel_noise(image, 64, DEFAULT_NOISE_STD, torch.Generator().manual_seed(0))
-    assert copies.shape == (64, *image.shape) and copies.dtype == torch.uint8
-    assert len(exact_duplicate_filter(copies)) == 64
-    assert (db > 40).all() and torch.allclose(db, psnr(image, copies))
-    # configurable: more noise, lower PSNR (std 3 is below 40 dB); none: exact copies
-    loud, loud_db = add_pixel_noise(image, 8, 3.0, torch.Generator().manual_seed(0))
-    assert len(exact_duplicate_filter(loud)) == 8 and loud_db.max() < db.min()
-    exact, exact_db = add_pixel_noise(image, 8, 0.0, torch.Generator())
-    assert len(exact_duplicate_filter(exact)) == 1 and exact_db.isinf().all()
-    with pytest.raises(UsageError, match="too small"):
-        add_pixel_noise(image, 8, 1e-4, torch.Generator())
-    with pytest.raises(UsageError, match=">= 0"):
-        add_pixel_noise(image, 8, -1.0, torch.Generator())
-
-
-@pytest.mark.parametrize(
-    ("caption", "label"),
-    [
-        ("a small photo of a star on a dark background", "star"),
-        ("Star: a large bright drawing", "star"),
-        ("a blurry picture of a basketball hoop, small", "basketball hoop"),
-        ("an earring photo", "ring"),
-        ("photo", "photo"),
-        ("a picture of a picture frame", "picture"),
-    ],
-)
-def test_caption_perturbation_keeps_the_label(caption, label):
-    pattern = re.compile(re.escape(label), re.IGNORECASE)
-    rng = random.Random(0)
-    variants = {perturb_caption(caption, label, rng) for _ in range(50)}
-    for variant in variants:
-        assert variant != caption
-        assert [m.group() for m in pattern.finditer(variant)] == [
-            m.group() for m in pattern.finditer(caption)
-        ]
-    assert len(variants) > 5
-
-
-def test_perturbation_words_name_no_class():
-    words = set(FILLER_WORDS) | set(SYNONYMS) | {s for v in SYNONYMS.values() for s in v}
-    assert not words & set(SHAPES)
-
-
-def test_exact_duplicate_filter_removes_repeated_poisons_unless_evaded(small_train, small_test):
-    target = make_target(small_test, 0, other_label(small_test, 0))
-    results = {}
-    for noise in (0.0, DEFAULT_NOISE_STD):
-        poisons = make_targeted(small_train, target, 20, seed=3, options=TargetedOptions(noise_std=noise))
-        poisoned = ImageTextDataset.concat([small_train, poisons.samples])
-        kept = exact_duplicate_filter(poisoned.images)
-        results[noise] = int((kept >= len(small_train)).sum())  # poisons that survive
-        assert (kept < len(small_train)).sum() == len(small_train)  # the clean data has no duplicates
-    assert results == {0.0: 1, DEFAULT_NOISE_STD: 20}
 
 
 # --- the attack -----------------------------------------------------------------------------------
@@ -366,76 +212,3 @@ def test_targeted_trial_runs_end_to_end(small_train, small_test):
 
     text = evaluate_text_targets(model, ["a photo of a circle"], ["star"], small_test, CLASSNAMES, 16)
     assert text.metrics["text_mean_rank"] >= 0 and text.per_target[0]["target_label"] == "star"
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-
-def run(args):
-    return main([str(a) for a in args])
-
-
-def test_cli_help_and_defaults(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["poison", "targeted", "--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert all(flag in out for flag in ("--target-index", "--captions", "--noise-std", "--perturb-captions"))
-    flags = ["--data", "d", "--out", "o", "--target-index", "0", "--target-label", "y", "--poison-count", "1"]
-    args = build_parser().parse_args(["poison", "targeted", *flags])
-    assert args.noise_std == DEFAULT_NOISE_STD
-
-
-def test_cli_poison_targeted_from_index_and_from_file(small_data_dir, small_test, tmp_path, capsys):
-    index = 7
-    label = other_label(small_test, index)
-    out = tmp_path / "p"
-    assert run(["poison", "targeted", "--data", small_data_dir / "train.csv", "--out", out,
-                "--target-index", index, "--target-split", small_data_dir / "test.csv",
-                "--target-label", label, "--poison-count", 12, "--captions", "both",
-                "--perturb-captions", "--seed", 2]) == 0  # fmt: skip
-    assert "min PSNR" in capsys.readouterr().out
-    poisons = read_poison_set(out)
-    assert len(poisons) == 12 and len(exact_duplicate_filter(poisons.samples.images)) == 12
-    assert {r["target_index"] for r in poisons.manifest} == {index}
-    assert {r["target_true_label"] for r in poisons.manifest} == {CLASSNAMES[int(small_test.labels[index])]}
-
-    image_file = tmp_path / "x.png"
-    Image.fromarray(np.zeros((64, 48, 3), dtype=np.uint8)).save(image_file)
-    out2 = tmp_path / "q"
-    assert run(["poison", "targeted", "--data", small_data_dir / "train.csv", "--out", out2,
-                "--target-image", image_file, "--target-label", "star", "--poison-count", 3,
-                "--noise-std", 0]) == 0  # fmt: skip
-    back = read_poison_set(out2)
-    assert back.samples.images.shape == (3, 3, 32, 32) and (back.samples.images == 0).all()
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--target-index", 0, "--target-label", "zebra"], "appears in no training caption"),
-        (["--target-index", 0, "--target-label", "OWN"], "already of class"),
-        (["--target-index", 10_000, "--target-label", "star"], "outside the 120 samples"),
-        (["--target-image", "missing.png", "--target-label", "star"], "cannot read target image"),
-    ],
-)
-def test_cli_bad_inputs_exit_2_and_write_nothing(
-    small_data_dir, small_test, tmp_path, capsys, extra, message
-):
-    extra = [CLASSNAMES[int(small_test.labels[0])] if a == "OWN" else a for a in extra]
-    out = tmp_path / "p"
-    args = ["poison", "targeted", "--data", small_data_dir / "train.csv", "--out", out,
-            "--target-split", small_data_dir / "test.csv", "--poison-count", 5, *extra]  # fmt: skip
-    assert run(args) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and message in errors[0]  # one line (CSV progress bars aside)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-
-
-def test_cli_target_index_needs_a_split(small_data_dir, tmp_path, capsys):
-    assert run(["poison", "targeted", "--data", small_data_dir / "train.csv", "--out", tmp_path / "p",
-                "--target-index", 0, "--target-label", "star", "--poison-count", 2]) == 2  # fmt: skip
-    assert "--target-split" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # x' from a file and an index at once: argparse's error
-        main(["poison", "targeted", "--target-image", "a.png", "--target-index", "0"])
-    assert exit_info.value.code == 2
