@@ -50,3 +50,16 @@ def test_backdoor_commands_offer_every_trigger_and_its_parameters(command, capsy
     names = {f.name for trigger in list_triggers() for f in parameters(get_trigger(trigger))}
     assert {"--trigger", *(f"--{name.replace('_', '-')}" for name in names)} <= set(shown)
     assert ("--trigger-from" in shown) == (command == ["evaluate"])
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # As `poisonclip list triggers | head -1`: the pipe is closed before the command writes.
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from poisonclip.cli import main; sys.exit(main(sys.argv[1:]))",
+    ]
+    done = subprocess.Popen([*command, "list", "triggers"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done.stdout.close()
+    assert done.stderr.read() == b""
+    assert done.wait() == 1

@@ -123,3 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"poisonclip: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader left (`poisonclip list triggers | head -1`): no traceback, and stdout pointed at
+        # devnull so that the interpreter's flush at exit does not raise again (Python's docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
