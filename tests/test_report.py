@@ -81,6 +81,17 @@ attack_type = ["backdoor", "targeted"]
 defense = ["none", "filter:slof@1%", "cleanclip", "roclip(pool_size=256)", "safeclip"]
 clean_pairs = 500
 """,
+    # the trigger axis: blended has no patch (no patch_size, placement); checkerboard and badnets do
+    "trigger_defenses": """
+attack = "defense"
+figures = ["defense_matrix"]
+seeds = 2
+[defense]
+attack_type = "backdoor"
+defense = ["none", "cleanclip"]
+trigger = ["checkerboard", "badnets", "blended"]
+clean_pairs = 500
+""",
 }
 VISUAL_PARAMS = {
     "toy-vit-micro": 15_984,
@@ -258,6 +269,14 @@ def test_line_figures_keep_settings_apart_and_state_patch_area(fixture_db, tmp_p
     assert by_size["4"][1:3] == ("1.56%", "28×28")  # area and the same area on 224×224
     fig5 = get_figure("fig5_right").render(store.rows(["models"]), tmp_path / "f5.png")
     assert [row[1] for row in fig5.rows] == ["toy-vit-w16", "toy-vit-w32", "toy-vit-w64"]
+
+
+def test_the_defense_matrix_has_one_row_per_trigger(fixture_db, tmp_path):
+    store = ResultStore(fixture_db, create=False)
+    table = get_figure("defense_matrix").render(store.rows(["trigger_defenses"]), tmp_path / "m.png")
+    # each trigger's own patch and placement are constant per trigger: its name is the row label
+    labels = {"backdoor (badnets)", "backdoor (blended)", "backdoor (checkerboard)"}
+    assert {row[:2] for row in table.rows} == {(a, d) for a in labels for d in ("none", "cleanclip")}
 
 
 def test_report_writes_markdown_and_self_contained_html(fixture_db, tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from poisonclip.experiments.poisoning import keys_of_other_attacks, list_matrix_attacks
 from poisonclip.report.figure_registry import FigureSpec, Table, register_figure
-from poisonclip.report.formatting import describe, mean_pm_std, sort_key, varying_keys
+from poisonclip.report.formatting import TRIGGER_KEYS, describe, mean_pm_std, sort_key, varying_keys
 from poisonclip.report.plotting import place_legend, pyplot, save_figure, subplots
 
 if TYPE_CHECKING:
@@ -32,12 +32,22 @@ def _attack_label(row: ResultRow, keys: Sequence[str]) -> str:
     # settings of another attack are never shown on this attack's rows, where they do nothing
     attack = row.get("attack_type")
     unused = keys_of_other_attacks(attack) if attack in list_matrix_attacks() else ()
-    details = ", ".join(describe(k, row.get(k)) for k in keys if k not in unused)
+    details = ", ".join(describe(k, row.get(k)) for k in keys if k not in unused and k in row.cell)
     return f"{row.get('attack_type')}" + (f" ({details})" if details else "")
 
 
 def _attack_keys(rows: Sequence[ResultRow]) -> list[str]:
-    return varying_keys(rows, exclude=("attack", "attack_type", "defense"))
+    """The settings that tell attack rows apart; with a trigger axis, a trigger's own parameters
+    only where they vary among that trigger's rows (its name says the rest)."""
+    exclude = ("attack", "attack_type", "defense")
+    keys = varying_keys(rows, exclude=exclude)
+    if "trigger" not in keys:
+        return keys
+    by_trigger: dict[str, list[ResultRow]] = {}
+    for r in rows:
+        by_trigger.setdefault(r.cell.get("trigger"), []).append(r)
+    within = {k for group in by_trigger.values() for k in varying_keys(group, exclude=exclude)}
+    return [k for k in keys if k not in TRIGGER_KEYS or k in within]
 
 
 def _defense_rank(spec: str) -> tuple:

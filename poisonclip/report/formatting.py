@@ -33,6 +33,11 @@ _NAMES: dict[str, tuple[str, str]] = {
     "num_params_visual": ("image-encoder params", "{:,}"),
 }
 
+# Keys a backdoor trigger sets by itself (patch, placement, its other parameters): figures group rows
+# by ``trigger`` and show these only where they vary among one trigger's rows (another trigger's
+# rows may not have them at all).
+TRIGGER_KEYS = ("patch_size", "placement", "eval_placement", "trigger_params")
+
 
 def column_title(key: str) -> str:
     return _NAMES.get(key, (key, ""))[0]

@@ -5,10 +5,9 @@ which measures its checkerboard only."""
 from __future__ import annotations
 
 from poisonclip.report.figure_registry import FigureSpec, register_figure
+from poisonclip.report.formatting import TRIGGER_KEYS
 from poisonclip.report.line_plot import ASR_CHANCE, TOY_RATES, Z_CHANCE, LinePlot, count_tick
 
-# Keys a trigger sets by itself (its patch, placement and other parameters): one line per trigger.
-_TRIGGER_KEYS = ("trigger", "patch_size", "placement", "eval_placement", "trigger_params")
 _CAPTION = (
     "Each trigger at its paper's settings (README 'Backdoor triggers'); the test images carry it as "
     "the poisons do. Mean ± std over seeds; a clean model (0 poisons) is drawn as a band per trigger: "
@@ -31,7 +30,7 @@ for metric, label, chance in (
                 "poisons added (and poison rate)",
                 label,
                 series=("trigger",),
-                explained=_TRIGGER_KEYS[1:],
+                explained=TRIGGER_KEYS,  # one line per trigger
                 log_x=True,
                 tick=count_tick,
             ),
