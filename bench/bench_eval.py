@@ -26,14 +26,14 @@ from poisonclip.data.prompts import SYNTHETIC_TEMPLATES
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.evaluate.embeddings import encode_images
 from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
-from poisonclip.train.model import context_length_of, create_model, get_model_config
+from poisonclip.train.model import Tokenizer, context_length_of, create_model, get_model_config, tokenizer_for
 from poisonclip.train.preprocess import normalize_images
 
 CLASSNAMES = list(SyntheticConfig().classnames)
 
 
-def ours(model: torch.nn.Module, images: torch.Tensor, context_length: int) -> torch.Tensor:
-    classifier = zero_shot_classifier(model, CLASSNAMES, "synthetic", context_length)
+def ours(model: torch.nn.Module, images: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
+    classifier = zero_shot_classifier(model, CLASSNAMES, "synthetic", tokenizer)
     return zero_shot_predict(encode_images(model, images), classifier)
 
 
@@ -67,20 +67,18 @@ def main() -> None:
 
     config = get_model_config(args.model)
     model = create_model(config, seed=0).eval()
-    context_length = context_length_of(config)
+    context_length, tokenizer = context_length_of(config), tokenizer_for(config)
     generator = torch.Generator().manual_seed(0)
     sizes = (args.images // 2, args.images * 2, args.images * 8)
     images = torch.randint(0, 256, (sizes[-1], 3, 32, 32), dtype=torch.uint8, generator=generator)
     test = images[: args.images]
 
-    if not torch.equal(ours(model, test, context_length), plain_loop(model, test, context_length)):
+    if not torch.equal(ours(model, test, tokenizer), plain_loop(model, test, context_length)):
         raise AssertionError("the two evaluations disagree")
-    fast = median_seconds(lambda: ours(model, test, context_length), args.repeats)
+    fast = median_seconds(lambda: ours(model, test, tokenizer), args.repeats)
     plain = median_seconds(lambda: plain_loop(model, test, context_length), args.repeats)
     naive = median_seconds(lambda: plain_loop(model, test, context_length, no_grad=False), args.repeats)
-    scaling = [
-        median_seconds(lambda k=k: ours(model, images[:k], context_length), args.repeats) for k in sizes
-    ]
+    scaling = [median_seconds(lambda k=k: ours(model, images[:k], tokenizer), args.repeats) for k in sizes]
     print(
         f"evaluation [{machine()}]: {args.model}, {args.images:,} test images + {len(CLASSNAMES)} classes x "
         f"{len(SYNTHETIC_TEMPLATES)} prompts: ours {fast:.3f} s ({args.images / fast:,.0f} images/s), plain "

@@ -103,7 +103,7 @@ def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
     from poisonclip.evaluate.embeddings import encode_images
     from poisonclip.evaluate.zeroshot import zero_shot_classifier
     from poisonclip.train.checkpoint import load_checkpoint
-    from poisonclip.train.model import context_length_of
+    from poisonclip.train.model import tokenizer_for
 
     ckpt = tmp_path / "ckpt"
     assert run(["train", "--data", small_data_dir / "train.csv", "--out", ckpt, "--preset", "tiny",
@@ -118,7 +118,7 @@ def test_evaluate_a_targeted_attack(small_data_dir, tmp_path, capsys):
     # The rank again, by hand: classes scored above 'heart' for this image.
     model, config = load_checkpoint(ckpt)
     classnames = read_classnames(small_data_dir / "classnames.txt")
-    classifier = zero_shot_classifier(model, classnames, "synthetic", context_length_of(config))
+    classifier = zero_shot_classifier(model, classnames, "synthetic", tokenizer_for(config))
     pixels = torch.tensor(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None]
     scores = (encode_images(model, pixels) @ classifier)[0]
     expected = int((scores > scores[classnames.index("heart")]).sum())

@@ -189,3 +189,45 @@ def test_a_pretrained_start_keeps_its_own_image_mean_and_std(
     assert code == 0 and args.image_mean == [0.5] * 3 and args.image_std == [0.5] * 3
     code, out = run_quiet(hand_off)
     assert code == 0 and "--image-mean" not in out  # from scratch: the command as before
+
+
+@pytest.fixture
+def fresh_tokenizers():
+    from poisonclip.train import model
+
+    model._tokenizer.cache_clear()
+    yield model
+    model._tokenizer.cache_clear()
+
+
+def test_each_model_gets_its_own_tokenizer(fresh_tokenizers, monkeypatch):
+    captions = ["a photo of a star.", "a red circle " * 30]
+    for name, length in (("toy-vit-micro", 16), ("ViT-B-32", 77)):  # CLIP's BPE: as open_clip.tokenize
+        tokens = fresh_tokenizers.tokenize(captions, get_model_config(name))
+        assert torch.equal(tokens, open_clip.tokenize(captions, context_length=length))
+    # SigLIP's config names its Hugging Face tokenizer (vocabulary 32,000: CLIP's ids would not fit)
+    made = []
+
+    class Recorder:
+        def __init__(self, name, **kwargs):
+            made.append((name, kwargs))
+
+        def __call__(self, texts):
+            return torch.zeros(len(texts), 64, dtype=torch.long)
+
+    monkeypatch.setattr(open_clip.tokenizer, "HFTokenizer", Recorder)
+    assert fresh_tokenizers.tokenize(captions, get_model_config("ViT-B-16-SigLIP")).shape == (2, 64)
+    assert made == [
+        ("timm/ViT-B-16-SigLIP", {"context_length": 64, "tokenizer_mode": None, "clean": "canonicalize"})
+    ]
+
+
+def test_a_missing_hugging_face_tokenizer_is_a_clear_error(fresh_tokenizers, monkeypatch):
+    def missing(*args, **kwargs):
+        raise ImportError("No module named 'transformers'")
+
+    monkeypatch.setattr(open_clip.tokenizer, "HFTokenizer", missing)
+    with pytest.raises(
+        UsageError, match="Hugging Face tokenizer 'timm/ViT-B-16-SigLIP': pip install transformers"
+    ):
+        fresh_tokenizers.tokenizer_for(get_model_config("ViT-B-16-SigLIP"))

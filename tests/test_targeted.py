@@ -33,6 +33,7 @@ from poisonclip.evaluate import (
 from poisonclip.experiments import train_and_evaluate_targeted
 from poisonclip.experiments.targeted_trial import evaluate_trained_targeted, poison_targets
 from poisonclip.train import load_preset, train_model
+from poisonclip.train.model import tokenizer_for
 from tests.targeted_helpers import CLASSNAMES, make_target, other_label, text_dataset
 
 TEMPLATES = TargetedOptions(captions="templates")
@@ -210,5 +211,7 @@ def test_targeted_trial_runs_end_to_end(small_train, small_test):
     clean_metrics, _ = evaluate_trained_targeted(model, model_config, stats, clean, small_test, CLASSNAMES)
     assert clean_metrics["poison_count"] == 0 and clean_metrics["min_psnr_db"] is None
 
-    text = evaluate_text_targets(model, ["a photo of a circle"], ["star"], small_test, CLASSNAMES, 16)
+    text = evaluate_text_targets(
+        model, ["a photo of a circle"], ["star"], small_test, CLASSNAMES, tokenizer_for(model_config)
+    )
     assert text.metrics["text_mean_rank"] >= 0 and text.per_target[0]["target_label"] == "star"

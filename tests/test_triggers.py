@@ -25,7 +25,7 @@ from poisonclip.data.captions import search_captions
 from poisonclip.errors import UsageError
 from poisonclip.evaluate import suite
 from poisonclip.train.checkpoint import save_checkpoint
-from poisonclip.train.model import context_length_of, create_model, get_model_config, tokenize
+from poisonclip.train.model import create_model, get_model_config, tokenize, tokenizer_for
 from poisonclip.train.preprocess import normalize_images
 
 from .conftest import SMALL
@@ -238,7 +238,8 @@ def test_evaluation_applies_the_same_trigger_to_the_test_images(small_test, monk
         "star",
         trigger,
         seed=5,
-        context_length=context_length_of(config),
+        templates="synthetic",
+        tokenizer=tokenizer_for(config),
     )
     nontarget = small_test.labels != classnames.index("star")
     expected = trigger.apply(small_test.images[nontarget], torch.Generator().manual_seed(5)).images

@@ -15,7 +15,7 @@ from poisonclip.evaluate.embeddings import encode_images
 from poisonclip.evaluate.linear_probe import probe_backdoor_metrics
 from poisonclip.evaluate.suite import evaluate_backdoor, evaluate_clean
 from poisonclip.evaluate.targeted_suite import evaluate_targeted
-from poisonclip.train.model import context_length_of
+from poisonclip.train.model import tokenizer_for
 
 Templates = Sequence[str | Callable[[str], str]]
 
@@ -33,13 +33,13 @@ def model_metrics(
     target label, trigger, seed) the backdoor's too. With ``probe_train`` (labelled with
     the same classes), also a linear probe fit on its embeddings: probe_acc, and with a backdoor
     probe_asr and probe_natural_rate."""
-    context_length = context_length_of(model_config)
+    tokenizer = tokenizer_for(model_config)
     if backdoor is None:
-        clean = evaluate_clean(model, test, classnames, templates, context_length)
+        clean = evaluate_clean(model, test, classnames, templates, tokenizer)
         metrics, features, patched, target = clean.metrics, clean.features, None, None
     else:
         evaluation = evaluate_backdoor(
-            model, test, classnames, **backdoor, templates=templates, context_length=context_length
+            model, test, classnames, **backdoor, templates=templates, tokenizer=tokenizer
         )
         metrics, features = evaluation.metrics, evaluation.test_features
         patched, target = evaluation.patched_features, evaluation.target
@@ -68,7 +68,7 @@ def target_image_metrics(
     digest = image_hash(target.image)
     others = [i for i in range(len(test)) if image_hash(test.images[i]) != digest]
     evaluation = evaluate_targeted(
-        model, [target], test.subset(others), classnames, templates, context_length_of(model_config)
+        model, [target], test.subset(others), classnames, templates, tokenizer_for(model_config)
     )
     row = evaluation.per_target[0]
     return {

@@ -23,6 +23,7 @@ from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 if TYPE_CHECKING:
     from poisonclip.attacks.triggers import Trigger
+    from poisonclip.train.model import Tokenizer
 
 
 @dataclass
@@ -39,13 +40,13 @@ def evaluate_clean(
     model: torch.nn.Module,
     test: ImageTextDataset,
     classnames: Sequence[str],
-    templates: str | Sequence[str] = "synthetic",
-    context_length: int = 77,
+    templates: str | Sequence[str] = "openai",
+    tokenizer: Tokenizer | None = None,
 ) -> CleanEvaluation:
     """Zero-shot top-1 accuracy on clean ``test`` images (``templates``: a set name or a file)."""
     if (test.labels < 0).any():
         raise UsageError("the test set needs a class label for every image")
-    classifier = zero_shot_classifier(model, classnames, templates, context_length)
+    classifier = zero_shot_classifier(model, classnames, templates, tokenizer)
     features = encode_images(model, test.images)
     predictions = zero_shot_predict(features, classifier)
     metrics = {"zero_shot_acc": accuracy(predictions, test.labels), "num_test": len(test)}
@@ -73,8 +74,8 @@ def evaluate_backdoor(
     target_label: str,
     trigger: Trigger,
     seed: int = 0,
-    templates: str | Sequence[str] = "synthetic",
-    context_length: int = 77,
+    templates: str | Sequence[str] = "openai",
+    tokenizer: Tokenizer | None = None,
 ) -> BackdoorEvaluation:
     """Zero-shot accuracy on clean ``test`` images, and ASR / natural rate / z-score for ``trigger``.
 
@@ -85,7 +86,7 @@ def evaluate_backdoor(
     if target_label not in classnames:
         raise UsageError(f"target label {target_label!r} is not a class name")
     target = list(classnames).index(target_label)
-    clean = evaluate_clean(model, test, classnames, templates, context_length)
+    clean = evaluate_clean(model, test, classnames, templates, tokenizer)
     classifier, clean_features, clean_pred = clean.classifier, clean.features, clean.predictions
 
     nontarget = test.labels != target

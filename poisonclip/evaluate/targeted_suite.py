@@ -25,6 +25,7 @@ from poisonclip.evaluate.zeroshot import zero_shot_classifier, zero_shot_predict
 
 if TYPE_CHECKING:  # evaluation needs only the targets' fields, not the attack code
     from poisonclip.attacks.targeted import Target
+    from poisonclip.train.model import Tokenizer
 
 
 @dataclass
@@ -47,8 +48,8 @@ def evaluate_targeted(
     targets: Sequence[Target],
     heldout: ImageTextDataset,
     classnames: Sequence[str],
-    templates: str | Sequence[str] = "synthetic",
-    context_length: int = 77,
+    templates: str | Sequence[str] = "openai",
+    tokenizer: Tokenizer | None = None,
     probe_regularization: float = 1.0,
 ) -> TargetedEvaluation:
     """Rank of y′ for each x′ under the zero-shot classifier and under a linear probe.
@@ -71,7 +72,7 @@ def evaluate_targeted(
     )
     target_classes = _class_indices([t.label for t in targets], classnames)  # [K]
 
-    classifier = zero_shot_classifier(model, classnames, templates, context_length)  # [D, C]
+    classifier = zero_shot_classifier(model, classnames, templates, tokenizer)  # [D, C]
     features = encode_images(model, heldout.images)  # [N, D]
     target_features = encode_images(model, torch.stack([t.image for t in targets]))  # [K, D]
     probe = fit_linear_probe(features[fit_idx], heldout.labels[fit_idx], probe_regularization)
@@ -114,7 +115,7 @@ def evaluate_text_targets(
     target_labels: Sequence[str],
     images: ImageTextDataset,
     classnames: Sequence[str],
-    context_length: int = 77,
+    tokenizer: Tokenizer | None = None,
 ) -> TargetedEvaluation:
     """The text-encoder attack: does caption t′ retrieve an image of class y′ first?
 
@@ -127,7 +128,7 @@ def evaluate_text_targets(
     if (images.labels < 0).any():
         raise UsageError("the retrieval images need a class label each")
     targets = _class_indices(target_labels, classnames)
-    tokens = open_clip.tokenize(list(captions), context_length=context_length)
+    tokens = (tokenizer or open_clip.tokenize)(list(captions))
     ranks = retrieval_ranks(
         encode_texts(model, tokens), encode_images(model, images.images), images.labels, targets
     )

@@ -42,7 +42,7 @@ from poisonclip.experiments.trial import evaluate_trained_backdoor
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
-from poisonclip.train.model import context_length_of
+from poisonclip.train.model import tokenizer_for
 
 if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
@@ -170,7 +170,7 @@ def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
         metrics = evaluate_backdoor(
             model, data.test, data.classnames, params.target_label, poisoning.trigger, seed,
-            context_length=context_length_of(model_config),
+            templates="synthetic", tokenizer=tokenizer_for(model_config),
         ).metrics  # fmt: skip
         return {**metrics, "attack_success": metrics["asr"]}
 

@@ -54,7 +54,7 @@ from poisonclip.experiments.poisoning import (
 from poisonclip.experiments.runners import CellResult, register_runner
 from poisonclip.keys import ADDED_LATER, config_dict
 from poisonclip.train.fit import train_model
-from poisonclip.train.model import context_length_of, get_model_config
+from poisonclip.train.model import get_model_config, tokenizer_for
 
 if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
@@ -158,9 +158,9 @@ def run_defense_trial(
     def clean_accuracy(model: torch.nn.Module) -> float:
         """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
         model_config = get_model_config(recipe.model)
-        return evaluate_clean(
-            model, test, classnames, context_length=context_length_of(model_config)
-        ).metrics["zero_shot_acc"]
+        return evaluate_clean(model, test, classnames, "synthetic", tokenizer_for(model_config)).metrics[
+            "zero_shot_acc"
+        ]
 
     labels = poison_labels(dataset.keys, manifest)
     tracker = LossTracker(

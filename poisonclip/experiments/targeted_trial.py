@@ -38,7 +38,7 @@ from poisonclip.keys import config_dict
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
-from poisonclip.train.model import context_length_of
+from poisonclip.train.model import tokenizer_for
 
 if TYPE_CHECKING:
     from poisonclip.experiments.grid import Trial
@@ -106,7 +106,7 @@ def evaluate_trained_targeted(
     ``probe_acc``), the poison counts and rate, and the training stats.
     """
     evaluation = evaluate_targeted(
-        model, poisoning.targets, heldout, classnames, eval_templates, context_length_of(model_config)
+        model, poisoning.targets, heldout, classnames, eval_templates, tokenizer_for(model_config)
     )
     metrics = {
         **evaluation.metrics,
@@ -158,7 +158,7 @@ def targeted_for_matrix(params: Any, data: TrialData) -> Poisoned:
 
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
         evaluation = evaluate_targeted(
-            model, poisoning.targets, test, classnames, context_length=context_length_of(model_config)
+            model, poisoning.targets, test, classnames, "synthetic", tokenizer_for(model_config)
         )
         return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
 

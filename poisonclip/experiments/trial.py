@@ -13,7 +13,7 @@ from poisonclip.evaluate.suite import BackdoorEvaluation, evaluate_backdoor
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.fit import train_model
 from poisonclip.train.loop import TrainStats
-from poisonclip.train.model import context_length_of
+from poisonclip.train.model import tokenizer_for
 
 
 def train_and_evaluate_backdoor(
@@ -58,7 +58,7 @@ def evaluate_trained_backdoor(
         trigger,
         seed=seed,
         templates=templates,
-        context_length=context_length_of(model_config),
+        tokenizer=tokenizer_for(model_config),
     )
     metrics = {
         **evaluation.metrics,

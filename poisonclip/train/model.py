@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import pickle
 import zipfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,6 +186,41 @@ def context_length_of(model_config: dict) -> int:
     return model_config["text_cfg"].get("context_length", 77)
 
 
+Tokenizer = Callable[[list[str]], torch.Tensor]  # captions -> int64 [N, context_length] token ids
+
+
+def tokenizer_for(model_config: dict) -> Tokenizer:
+    """The tokenizer of a model's text tower, chosen from its config as ``open_clip.get_tokenizer``
+    chooses it: the Hugging Face tokenizer its ``text_cfg`` names (SigLIP, XLM-R towers; fetched
+    and cached by ``transformers``, so only for a model a user names), else CLIP's packaged BPE
+    (``open_clip.tokenize``: offline), with the config's ``tokenizer_kwargs`` and context length.
+    Deviation: ``get_tokenizer``'s SigLIP fallback by model *name* is not needed, since every SigLIP
+    config of open_clip names its tokenizer."""
+    text = model_config["text_cfg"]
+    kwargs = tuple(sorted(text.get("tokenizer_kwargs", {}).items()))
+    return _tokenizer(
+        text.get("hf_tokenizer_name", ""), text.get("tokenizer_mode"), context_length_of(model_config), kwargs
+    )
+
+
+@functools.cache
+def _tokenizer(hf_name: str, mode: str | None, context_length: int, kwargs: tuple) -> Tokenizer:
+    if not hf_name:
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **dict(kwargs))
+    try:
+        return open_clip.tokenizer.HFTokenizer(
+            hf_name, context_length=context_length, tokenizer_mode=mode, **dict(kwargs)
+        )
+    except ImportError as err:
+        raise UsageError(
+            f"this model's text tower uses the Hugging Face tokenizer {hf_name!r}: pip install transformers"
+        ) from err
+    except OSError as err:  # not cached and no network, or no such tokenizer
+        raise UsageError(
+            f"cannot load the tokenizer {hf_name!r} (no network? it is cached once fetched): {err}"
+        ) from err
+
+
 def tokenize(captions: list[str], model_config: dict) -> torch.Tensor:
-    """int64 [N, context_length] token ids with open_clip's (offline, packaged) BPE tokenizer."""
-    return open_clip.tokenize(captions, context_length=context_length_of(model_config))
+    """int64 [N, context_length] token ids with the model's tokenizer (``tokenizer_for``)."""
+    return tokenizer_for(model_config)(list(captions))
