@@ -133,7 +133,9 @@ def test_train_checks_every_part_of_joined_shards(poisons_at_64, tmp_path, capsy
     clean = write_shards(tmp_path / "clean", read_csv_dataset(data / "train.csv", progress=False), 100)
     poisons64 = write_poison_shards(tmp_path / "p64", read_poison_set(root / "p64"))
     poisons32 = write_poison_shards(tmp_path / "p32", read_poison_set(root / "p32"))
-    with pytest.raises(UsageError, match=r"p64/shards/.*the poisons are 64x64"):
+    with pytest.raises(
+        UsageError, match=r"p64/shards/.*the poisons are 64x64.*or train a model that takes 64x64"
+    ):
         check_poison_resolution([f"{clean.url}::{poisons64.url}"], 32)
     joined = f"{clean.url}::{poisons32.url}"
     assert check_poison_resolution([joined], 32) == [(clean.url, (64, 64))]  # the clean part: a note

@@ -163,8 +163,10 @@ def check_poison_resolution(
                 rows = "" if trigger else " (the poison rows)"
                 raise UsageError(
                     f"{part}{rows}: the poisons are {poison_size[0]}x{poison_size[1]} pixels but the model "
-                    f"takes {model_size}x{model_size}; resizing them would change the trigger (a trigger "
-                    f"is given in model-input pixels): rebuild them with poison ... --image-size {model_size}"
+                    f"takes {model_size}x{model_size}; resizing them would change the trigger (a trigger is "
+                    f"given in model-input pixels): rebuild them with poison ... --image-size {model_size}, "
+                    f"or train a model that takes {poison_size[0]}x{poison_size[1]} (--model, --preset; the "
+                    "default preset's model is the 32-px toy)"
                 )
             if not trigger and size is not None and size != (model_size, model_size):
                 resized.append((part, size))
