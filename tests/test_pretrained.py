@@ -35,7 +35,7 @@ def pretrained_files(tmp_path_factory):
     return root, state
 
 
-def test_pretrained_weights_files_start_training(pretrained_files, small_data_dir, tmp_path):
+def test_pretrained_weights_files_start_training(pretrained_files, small_data_dir, tmp_path, capsys):
     root, state = pretrained_files
     config = load_preset("tiny")
     for name in ("epoch_1.pt", "weights.safetensors"):
@@ -45,6 +45,7 @@ def test_pretrained_weights_files_start_training(pretrained_files, small_data_di
     assert run_quiet(["train", "--data", small_data_dir / "train.csv", "--out", tmp_path / "ckpt",
                       "--preset", "tiny", "--pretrained", root / "epoch_1.pt", "--lr", 1e-12,
                       "--no-progress"])[0] == 0  # fmt: skip
+    assert "from scratch" not in capsys.readouterr().err
     trained = open_clip.create_model(f"local-dir:{tmp_path / 'ckpt'}")
     assert all(torch.allclose(trained.state_dict()[k], v, atol=1e-6) for k, v in state.items())
     record = json.loads((tmp_path / "ckpt" / "train_config.json").read_text())
@@ -54,6 +55,8 @@ def test_pretrained_weights_files_start_training(pretrained_files, small_data_di
                            tmp_path / "oc", "--preset", "tiny", "--pretrained", root / "epoch_1.pt",
                            "--dry-run"])  # fmt: skip
     assert code == 0 and f"--pretrained {root / 'epoch_1.pt'}" in out
+    # at the preset's from-scratch lr, with a note (an lr given by the user gets none)
+    assert "lr 0.002 is the from-scratch rate of preset 'tiny'" in capsys.readouterr().err
 
 
 def test_a_pretrained_tag_is_downloaded_by_open_clip(pretrained_files, monkeypatch):
@@ -83,8 +86,8 @@ def test_bad_pretrained_weights_are_refused(
 ):
     root, _ = pretrained_files
     pretrained = root / name if (root / name).exists() else name
-    assert run(["train", "--data", small_data_dir / "train.csv", "--out", tmp_path / "ckpt",
-                "--preset", "tiny", "--pretrained", pretrained, "--no-progress"]) == 2  # fmt: skip
+    assert run(["train", "--data", small_data_dir / "train.csv", "--out", tmp_path / "ckpt", "--preset",
+                "tiny", "--pretrained", pretrained, "--lr", 1e-5, "--no-progress"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "ckpt").exists()
 

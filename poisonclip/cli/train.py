@@ -11,6 +11,10 @@ from poisonclip.cli import options
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig  # light: no torch
 
+# Above this, a preset's from-scratch learning rate would likely wreck pretrained weights
+# (CleanCLIP fine-tunes a pretrained RN50 at 1e-5).
+FINETUNE_LR_NOTE_ABOVE = 1e-4
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = options.command(
@@ -85,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
             check_pretrained(config.model, config.pretrained)
         else:  # a tag's weights are downloaded now, before any other work (cached for the run)
             resolve_pretrained(config.model, config.pretrained)
+    if config.pretrained and args.lr is None and config.lr > FINETUNE_LR_NOTE_ABOVE:
+        print(
+            f"poisonclip: note: --pretrained starts from trained weights, but lr {config.lr:g} is the "
+            f"from-scratch rate of preset {args.preset!r}; fine-tuning a CLIP usually takes ~1e-5 (--lr)",
+            file=sys.stderr,
+        )
     note_resized(args, args.data, image_size, "it is")
     if not runs_elsewhere:  # trains here: the device must exist
         check_device(config.device)
