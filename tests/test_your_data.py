@@ -206,3 +206,39 @@ def test_workers_default_to_the_machines_cores(small_data_dir, tmp_path, monkeyp
                            "--out", tmp_path / "ckpt", "--preset", "tiny", "--nproc-per-node", 4,
                            "--batch-size", 64, "--dry-run"])  # fmt: skip
     assert code == 0 and "--workers 8" in out
+
+
+def test_evaluation_sets_need_no_captions(
+    named, small_data_dir, small_test, tiny_checkpoint, tmp_path, capsys
+):
+    """A labelled test set as CLIP_benchmark keeps one: a CSV of image and label only, or shards of
+    an image and a ``.cls`` class index (no ``.txt``). Training sets still need their captions."""
+    import webdataset as wds
+    from PIL import Image
+
+    root, names = named
+    with open(root / "test.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    with open(tmp_path / "test.csv", "w", newline="", encoding="utf-8") as f:
+        f.write("filepath\tlabel\n" + "".join(f"{r['filepath']}\t{r['label']}\n" for r in rows))
+    (tmp_path / "shards").mkdir()
+    with wds.TarWriter(str(tmp_path / "shards" / "00000.tar")) as sink:
+        for i, (image, label) in enumerate(zip(small_test.images, small_test.labels, strict=True)):
+            png = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(png, format="PNG")
+            sink.write({"__key__": f"{i:06d}", "png": png.getvalue(), "cls": str(int(label)).encode()})
+    evaluate = ["evaluate", "--checkpoint", tiny_checkpoint, "--target-label", names[3], "--no-progress"]
+    results = []
+    for test in (
+        ["--test", small_data_dir / "test.csv", "--classnames", small_data_dir / "classnames.txt"],
+        ["--test", tmp_path / "test.csv", "--classnames", small_data_dir / "classnames.txt"],
+        ["--test", tmp_path / "shards" / "00000.tar", "--classnames", small_data_dir / "classnames.txt"],
+    ):
+        capsys.readouterr()
+        assert run([*evaluate, *test]) == 0
+        captured = capsys.readouterr()
+        results.append(json.loads(captured.out))
+        assert "skipped" not in captured.err
+    assert results[1] == results[0] and results[2] == results[0]
+    with pytest.raises(UsageError, match="no column 'title'"):
+        read_csv_dataset(tmp_path / "test.csv", progress=False)  # as a training set

@@ -189,14 +189,16 @@ def read_csv_dataset(
     progress: bool = True,
     classnames: Sequence[str] | None = None,
     classnames_source: str = "the class names",
+    captions_required: bool = True,
 ) -> ImageTextDataset:
     """Read an open_clip-style CSV and decode its images into memory.
 
     Rows whose image is missing, unreadable or corrupt, or whose caption is empty, are skipped and
-    listed in ``dataset.skipped`` (a warning reports the count). ``label_column`` is used when
-    present in the file (``None``: labels ignored); its cells are class indices or class names,
-    resolved by ``resolve_labels`` against ``classnames`` (read from ``classnames_source``, named
-    in errors). Without ``image_size`` all images must already share one size.
+    listed in ``dataset.skipped`` (a warning reports the count); without ``captions_required`` (a
+    labelled evaluation set) the caption column may be absent and empty captions are kept.
+    ``label_column`` is used when present in the file (``None``: labels ignored); its cells are
+    class indices or class names, resolved by ``resolve_labels`` against ``classnames`` (read from
+    ``classnames_source``, named in errors). Without ``image_size`` all images must already share one size.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -207,7 +209,8 @@ def read_csv_dataset(
     except UnicodeDecodeError as err:
         raise UsageError(f"{csv_path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
     fieldnames = rows[0].keys() if rows else []
-    for column in (image_column, caption_column):
+    has_captions = caption_column in fieldnames
+    for column in (image_column, caption_column) if captions_required else (image_column,):
         if rows and column not in fieldnames:
             raise UsageError(
                 f"{csv_path}: no column {column!r} (columns: {', '.join(fieldnames)}; separator {sep!r})"
@@ -215,8 +218,8 @@ def read_csv_dataset(
     has_labels = label_column is not None and label_column in fieldnames
     decoded, skipped = DecodedSamples(), []
     for row in progress_bar(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
-        key, caption = row[image_column], (row[caption_column] or "").strip()
-        if not caption:
+        key, caption = row[image_column], (row[caption_column] or "").strip() if has_captions else ""
+        if not caption and captions_required:
             skipped.append((key, "empty caption"))
             continue
         path = Path(key) if Path(key).is_absolute() else csv_path.parent / key

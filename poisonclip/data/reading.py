@@ -33,8 +33,9 @@ def read_data(
 ) -> ImageTextDataset:
     """A CSV or webdataset shards (``is_shard_url``), resized to ``image_size`` if given.
 
-    With ``labelled``, labels are class indices or class names, mapped through ``classnames``
-    (read from ``classnames_source``, named in errors) when given.
+    With ``labelled`` (an evaluation split), labels are class indices or class names, mapped
+    through ``classnames`` (read from ``classnames_source``, named in errors) when given, and
+    captions are optional.
     """
     label_column = csv.label_column if labelled else None
     if is_shard_url(path):
@@ -42,7 +43,7 @@ def read_data(
 
         return read_shard_dataset(
             path, image_size, progress=progress, label_key=label_column, classnames=classnames,
-            classnames_source=classnames_source,
+            classnames_source=classnames_source, captions_required=not labelled,
         )  # fmt: skip
     return read_csv_dataset(
         path,
@@ -54,6 +55,7 @@ def read_data(
         progress=progress,
         classnames=classnames,
         classnames_source=classnames_source,
+        captions_required=not labelled,
     )
 
 

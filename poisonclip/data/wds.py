@@ -82,15 +82,17 @@ def _member_key(fname: str) -> str:
 
 
 def _decode(
-    sample: dict, image_size: int | None, label_key: str | None
+    sample: dict, image_size: int | None, label_key: str | None, captions_required: bool = True
 ) -> tuple[np.ndarray, str, str | None]:
     """(image uint8 [H, W, 3], caption, label cell) of a raw sample; raises ValueError with the fault.
 
     The label cell is the JSON's ``label_key`` value as text (an index or a class name, as
-    img2dataset's ``--save_additional_columns`` stores it), ``None`` without one; the JSON is not
-    read at all when ``label_key`` is ``None`` (poisoning and training need no labels)."""
+    img2dataset's ``--save_additional_columns`` stores it), else the ``.cls`` member (a class
+    index, as CLIP_benchmark's evaluation shards store it), ``None`` without either; neither is read
+    when ``label_key`` is ``None`` (poisoning and training need no labels). A caption (``.txt``) is
+    needed only where ``captions_required`` (a labelled evaluation set need not have one)."""
     caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-    if not caption:
+    if not caption and captions_required:
         raise ValueError("no caption")
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if extension is None:
@@ -111,6 +113,8 @@ def _decode(
             label = str(value)
         elif value is not None:
             raise ValueError(f"json {label_key!r} is {value!r}, neither a class index nor a class name")
+    if label is None and label_key is not None and "cls" in sample:
+        label = sample["cls"].decode("utf-8", errors="replace").strip()
     return image, caption, label
 
 
@@ -122,14 +126,16 @@ def read_shard_dataset(
     label_key: str | None = "label",
     classnames: Sequence[str] | None = None,
     classnames_source: str = "the class names",
+    captions_required: bool = True,
 ) -> ImageTextDataset:
     """Decode shards into memory, in shard order (or only the samples whose key is in ``keys``).
 
     Faults are skipped and listed in ``dataset.skipped`` as ``(sample key or shard URL, reason)``:
-    undecodable or truncated images, samples without caption or image, unreadable shards, and
-    requested ``keys`` that are not in the shards. A warning reports the count. The ``label_key``
-    of each sample's JSON (an index or a class name; ``None``: labels ignored) is resolved as in
-    ``read_csv_dataset``. Without ``image_size`` all images must already share one size.
+    undecodable or truncated images, samples without image or (where ``captions_required``)
+    caption, unreadable shards, and requested ``keys`` that are not in the shards. A warning
+    reports the count. The ``label_key`` of each sample's JSON (an index or a class name), else its
+    ``.cls`` member, is resolved as in ``read_csv_dataset`` (``None``: labels ignored). Without
+    ``image_size`` all images must already share one size.
     """
     shard_urls = expand_urls(urls)
     wanted = None if keys is None else (lambda fname: _member_key(fname) in keys)
@@ -142,7 +148,7 @@ def read_shard_dataset(
             key = sample["__key__"]
             seen.add(key)
             try:
-                array, caption, label = _decode(sample, image_size, label_key)
+                array, caption, label = _decode(sample, image_size, label_key, captions_required)
             except ValueError as err:
                 skipped.append((key, f"{err} (in {Path(url).name})"))
                 continue
