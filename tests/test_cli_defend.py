@@ -77,10 +77,27 @@ def test_defend_filter_writes_a_checkpoint_and_the_remaining_manifest(trained, s
 def test_defend_cleanclip_from_the_command_line(trained, small_data_dir):
     root, _ = trained
     out = root / "cleanclip"
-    assert run(["defend", "cleanclip", "--checkpoint", root / "ckpt",
-                "--clean-data", small_data_dir / "train.csv",
-                "--lrs", 1e-5, 1e-3, "--finetune-epochs", 1, "--preset", "tiny", "--out", out,
-                "--no-progress"]) == 0  # fmt: skip
+    assert (
+        run(
+            [
+                "defend",
+                "cleanclip",
+                "--checkpoint",
+                root / "ckpt",
+                "--clean-data",
+                small_data_dir / "train.csv",
+                "--lrs",
+                1e-5,
+                1e-3,
+                "--finetune-epochs",
+                1,
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )  # fmt: skip  (no --model: the checkpoint's, not the preset's)
     record = json.loads((out / "defense.json").read_text())
     assert [row["lr"] for row in record["lr_sweep"]] == [1e-5, 1e-3] and record["chosen_lr"] in (1e-5, 1e-3)
     assert (out / "checkpoint" / "open_clip_model.safetensors").is_file()
@@ -96,7 +113,7 @@ def test_defend_cleanclip_from_the_command_line(trained, small_data_dir):
         (["defend", "filter", "--fraction", 0], "fraction must be in (0, 1)"),
         (["defend", "filter", "--detector", "magic"], "unknown detector 'magic'"),
         (["defend", "filter", "--pool-size", 10], "--pool-size do(es) not apply to defense filter"),
-        (["defend", "filter", "--preset", "demo"], "architecture differs"),
+        (["defend", "filter", "--model", "toy-vit-w64"], "architecture differs"),
         (["defend", "roclip"], "does not use --checkpoint"),
         (["defend", "cleanclip"], "cleanclip needs --clean-data"),
     ],

@@ -89,7 +89,7 @@ def load_checkpoint_as(path: str | Path, model_config: dict) -> torch.nn.Module:
         differences = sorted(_differences(found, model_config))
         raise UsageError(
             f"{path}: the checkpoint's architecture differs from the configured model "
-            f"({'; '.join(differences[:3])})"
+            f"({'; '.join(differences[:3])}): the model option must name the checkpoint's architecture"
         )
     return model
 
