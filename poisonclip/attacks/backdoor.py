@@ -38,7 +38,8 @@ def make_backdoor(
 
     Images are drawn without replacement (every poison is a different image); captions are drawn
     from the captions containing ``target_label``, without replacement while enough exist.
-    ``trigger`` defaults to the paper's 4x4 checkerboard at the upper-left corner; ``surrogate``
+    ``trigger`` defaults to a 4x4 checkerboard at the upper-left corner (the toy's, on 32 px; the
+    paper's best on 224 px is 16x16); ``surrogate``
     builds a model for a trigger fitted against one that names none (``FitContext``).
     """
     pool = search_captions(dataset.captions, target_label, word_boundary=word_boundary)

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
 PLACEMENTS: tuple[str, ...] = ("consistent", "random", "center")
 
-PATCH_SIZE_HELP = "patch side in pixels of the model's input"
+PATCH_SIZE_HELP = (
+    "patch side in pixels of the model's input; 4 is 1.6% of a 32-px image's area, 0.03% of a "
+    "224-px one (there the paper's 4x4 works, 16x16 works best)"
+)
 PLACEMENT_HELP = "where the patch goes: the upper-left corner (consistent), anywhere (random) or the middle"
 
 
