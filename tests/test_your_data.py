@@ -242,3 +242,34 @@ def test_evaluation_sets_need_no_captions(
     assert results[1] == results[0] and results[2] == results[0]
     with pytest.raises(UsageError, match="no column 'title'"):
         read_csv_dataset(tmp_path / "test.csv", progress=False)  # as a training set
+
+
+def test_a_probe_split_is_labelled_by_the_test_sets_class_names(small_test, tmp_path):
+    """A probe fit on ImageFolder labels (sorted directories) against test labels in another class
+    order would score nonsense: directories named as classes map by name."""
+    from PIL import Image
+
+    from poisonclip.data import SHAPES
+    from poisonclip.data.reading import read_probe_set
+
+    classnames = list(SHAPES)
+    for i, (image, label) in enumerate(zip(small_test.images, small_test.labels, strict=True)):
+        folder = tmp_path / "named" / classnames[int(label)].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
+    assert sorted(classnames) != classnames  # the test's class order is not the directories'
+    for names in (classnames, classnames[::-1]):
+        probe = read_probe_set(tmp_path / "named", 32, names, progress=False)
+        expected = [names.index(key.split("/")[0].replace("_", " ")) for key in probe.keys]
+        assert probe.labels.tolist() == expected and len(probe) == len(small_test)
+    # directories not named as classes (ImageNet's WordNet ids): sorted order, as many as the classes
+    for i, name in enumerate(sorted(p.name for p in (tmp_path / "named").iterdir())):
+        (tmp_path / "named" / name).rename(tmp_path / "named" / f"n{i:08d}")
+    probe = read_probe_set(
+        tmp_path / "named", 32, classnames[: len(set(small_test.labels.tolist()))], progress=False
+    )
+    assert probe.labels.tolist() == [int(key[1:9]) for key in probe.keys]
+    with pytest.raises(
+        UsageError, match="class directory 'n00000000' is not one of the test set's 3 class names"
+    ):
+        read_probe_set(tmp_path / "named", 32, classnames[:3], progress=False)

@@ -25,8 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-per-class", type=int, help="with --imagefolder: the first N images of each class")
     p.add_argument(
         "--probe-train",
-        help="ImageFolder train split (same class directories): also fit a linear probe on its "
-        "embeddings and report probe_acc, probe_asr and probe_natural_rate",
+        help="ImageFolder train split: also fit a linear probe on its embeddings and report "
+        "probe_acc, probe_asr and probe_natural_rate. Its class directories are named as the test "
+        "set's classes (underscores as spaces; matched by name), or are as many and in the same "
+        "sorted order (ImageNet's WordNet ids)",
     )
     p.add_argument(
         "--target-image",
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         target = load_target(TargetSource(args.target_label, image=args.target_image), image_size)
         metrics = target_image_metrics(model, model_config, target, test, classnames, templates)
     else:
-        from poisonclip.data.imagefolder import read_imagefolder
+        from poisonclip.data.reading import read_probe_set
         from poisonclip.evaluate.model_metrics import model_metrics
 
         backdoor = None  # no backdoor named: the clean metrics only
@@ -101,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
             backdoor = {"target_label": args.target_label, "trigger": trigger, "seed": args.seed}
         probe_train = None
         if args.probe_train:
-            probe_train = read_imagefolder(
-                args.probe_train, image_size, args.max_per_class, options.progress(args)
+            probe_train = read_probe_set(
+                args.probe_train, image_size, classnames, args.max_per_class, options.progress(args)
             )
         metrics = model_metrics(model, model_config, test, classnames, templates, backdoor, probe_train)
     if args.out:

@@ -97,6 +97,35 @@ def read_test_set(
     return dataset, dataset.classnames
 
 
+def read_probe_set(
+    root: str,
+    image_size: int,
+    classnames: Sequence[str],
+    max_per_class: int | None = None,
+    progress: bool = True,
+) -> ImageTextDataset:
+    """The images a linear probe is fit on (an ImageFolder directory), labelled as the test set is:
+    a directory named as one of ``classnames`` (underscores as spaces) gets that class's index,
+    whatever order the names are in; directories named otherwise (ImageNet's WordNet ids) are taken
+    in sorted order, as ``read_test_set`` takes a test ImageFolder, and must be as many as the
+    classes. A probe labelled in another order than the zero-shot classes would score nonsense."""
+    import torch
+
+    directories = class_directories(root)
+    names = [d.replace("_", " ") for d in directories]
+    index = {name: i for i, name in enumerate(classnames)}
+    unknown = [d for d, name in zip(directories, names, strict=True) if name not in index]
+    if unknown and (len(unknown) < len(names) or len(names) != len(classnames)):
+        raise UsageError(
+            f"{root}: class directory {unknown[0]!r} is not one of the test set's {len(classnames)} class "
+            f"names, and the {len(directories)} directories cannot be matched to them in sorted order"
+        )
+    dataset = read_imagefolder(root, image_size, max_per_class, progress)
+    if not unknown:
+        dataset.labels = torch.tensor([index[name] for name in names])[dataset.labels]
+    return dataset
+
+
 def synthetic_model_size(source: str) -> int | None:
     """The model input size that ``data synth`` made ``source``'s set for (``image_size`` in the
     ``config.json`` beside it; the images may be stored at another ``stored_size``), else None."""
