@@ -332,3 +332,29 @@ def test_roclip_diagnostic_counts_true_classes_of_the_sweep_data(tmp_path, monke
     outcome = get_defense("roclip").run(context, RoClipParams(pool_size=64))
     assert torch.equal(seen["image_classes"], classes)
     assert 0 <= outcome.record["matching"][0]["own_class_share"] <= 1
+
+
+def test_augmentations_are_seeded_and_follow_the_image_size():
+    from poisonclip.train.augment import CaptionAugment, ImageAugment, autoaugment_policy
+
+    # CleanCLIP's ImageNet AutoAugment policy, except on images of CIFAR's 32x32 (the toy's)
+    assert [autoaugment_policy(n) for n in (32, 64, 224)] == ["cifar10", "imagenet", "imagenet"]
+    images = torch.randint(
+        0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    first, again = ImageAugment(3, "imagenet")(images), ImageAugment(3, "imagenet")(images)
+    assert first.shape == images.shape and first.dtype == torch.uint8 and torch.equal(first, again)
+    assert not torch.equal(first, images)
+    # one word edit per caption; the start token stays first and the end token (the highest id,
+    # where a CLIP text tower pools) stays the caption's last token
+    tokens = tokenize(
+        ["a photo of a red star", "a small blue circle on grey"], get_model_config("toy-vit-micro")
+    )
+    edited = CaptionAugment(0)(tokens)
+    for before, after in zip(tokens, edited, strict=True):
+        end_before, end_after = int(before.argmax()), int(after.argmax())
+        assert after[0] == before[0] and after[end_after] == before[end_before]
+        assert abs(end_after - end_before) <= 1 and not torch.equal(before, after)
+        assert sorted(after[1:end_after].tolist()) != [] and set(after[1:end_after].tolist()) <= set(
+            before.tolist()
+        )

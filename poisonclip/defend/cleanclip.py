@@ -10,7 +10,8 @@ Toy adaptations, and why:
   1e-5 barely moves it. The defense fine-tunes once per ``lrs`` (1e-5 included) and keeps the model
   with the lowest CLIP loss on a clean validation split — never an attack metric; the whole sweep
   is reported (``record["lr_sweep"]``, the other models in ``alternatives``).
-* **Image augmentation.** AutoAugment's CIFAR-10 policy (32×32 images) instead of ImageNet's.
+* **Image augmentation.** AutoAugment's ImageNet policy, as theirs, except on images of at most
+  32×32 pixels (the toy's), which get its CIFAR-10 policy (learned on 32×32 images).
 * **Caption augmentation.** As theirs, one edit per caption drawn once when the data are loaded
   (the image's second view is drawn afresh every step); EDA-style word deletion, swap and
   repetition on token ids (``poisonclip.train.augment``): EDA's synonym replacement needs WordNet,
@@ -31,7 +32,7 @@ import torch
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.defend.roclip import OFFICIAL_ADAM
 from poisonclip.errors import UsageError
-from poisonclip.train.augment import CaptionAugment, ImageAugment
+from poisonclip.train.augment import CaptionAugment, ImageAugment, autoaugment_policy
 from poisonclip.train.loop import train_clip
 from poisonclip.train.model import get_model_config, tokenize
 from poisonclip.train.objectives import CleanClipObjective, clip_validation_loss
@@ -86,7 +87,10 @@ def cleanclip(context: DefenseContext, params: CleanClipParams) -> DefenseOutcom
     for lr in params.lrs:
         model = copy.deepcopy(context.model)
         objective = CleanClipObjective(
-            ImageAugment(seed), aug_tokens, params.clip_weight, params.inmodal_weight
+            ImageAugment(seed, autoaugment_policy(finetune.images.shape[-1])),
+            aug_tokens,
+            params.clip_weight,
+            params.inmodal_weight,
         )
         config_lr = config.replace(lr=lr)
         optimizer = make_optimizer(model.named_parameters(), config_lr, **OFFICIAL_ADAM)

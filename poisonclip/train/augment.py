@@ -35,6 +35,12 @@ def simclr_transform(image_size: int):
     )
 
 
+def autoaugment_policy(image_size: int) -> str:
+    """AutoAugment's policy for images of ``image_size`` pixels: CIFAR-10's (learned on 32×32
+    images) up to 32, ImageNet's above."""
+    return "cifar10" if image_size <= 32 else "imagenet"
+
+
 class ImageAugment:
     """An image augmentation drawn independently for every image of a batch.
 
