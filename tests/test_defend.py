@@ -355,6 +355,4 @@ def test_augmentations_are_seeded_and_follow_the_image_size():
         end_before, end_after = int(before.argmax()), int(after.argmax())
         assert after[0] == before[0] and after[end_after] == before[end_before]
         assert abs(end_after - end_before) <= 1 and not torch.equal(before, after)
-        assert sorted(after[1:end_after].tolist()) != [] and set(after[1:end_after].tolist()) <= set(
-            before.tolist()
-        )
+        assert set(after[1:end_after].tolist()) <= set(before[1:end_before].tolist())  # words only
