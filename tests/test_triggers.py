@@ -197,6 +197,14 @@ def test_badclip_optimises_toward_the_target_text_and_is_reapplied_exactly(surro
         spec.apply(images(), torch.Generator())
     with pytest.raises(UsageError, match="needs a surrogate"):
         make_backdoor(small_train, "star", 4, BadClip(fit_steps=1), seed=1)
+    # a pretrained open_clip model as the surrogate (MODEL:TAG, or MODEL:FILE as here): the same weights
+    # as the checkpoint directory fit the same patch
+    weights = f"toy-vit-micro:{surrogate / 'open_clip_model.safetensors'}"
+    few = {**spec.values(), "fit_steps": 3}
+    by_name = make_backdoor(small_train, "star", 4, BadClip(**{**few, "surrogate": weights}), seed=1).trigger
+    assert torch.equal(
+        by_name.pattern(), make_backdoor(small_train, "star", 4, BadClip(**few), seed=1).trigger.pattern()
+    )
 
 
 def test_the_manifest_and_trigger_json_record_the_trigger(small_train, tmp_path):

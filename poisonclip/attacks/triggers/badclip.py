@@ -13,9 +13,12 @@ patched images' embeddings and the mean embedding of the target captions; BadCLI
 loss over its patch-training pairs, its triplet term (toward embeddings of real target-class
 images, away from each image's clean embedding), its text (EDA) and image augmentation and its
 epochs over a separate patch-training set are left out; a fixed number of steps on ``fit_images``
-training images instead. The surrogate is the checkpoint ``surrogate`` (loaded by
-``train.checkpoint.load_checkpoint``: safetensors, no pickle); in a sweep, where none is given,
-a clean model trained on the sweep's own clean data with another seed (``experiments/backdoor_trial``).
+training images instead. The surrogate is ``surrogate``: a poisonclip checkpoint directory
+(``train.checkpoint.load_checkpoint``: safetensors, no pickle) or, as BadCLIP attacks with a
+pretrained CLIP, ``MODEL:PRETRAINED`` (an open_clip model and a pretrained tag, downloaded and
+cached by open_clip, or a weights file; loaded as ``train --pretrained`` loads it); in a sweep,
+where none is given, a clean model trained on the sweep's own clean data with another seed
+(``experiments/backdoor_trial``).
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ class BadClip(PatchTrigger):
     surrogate: str = field(
         default="",
         metadata={
-            "help": "checkpoint directory of the attacker's surrogate model (poisonclip train's output); "
-            "empty in a sweep: a clean model trained on the sweep's data"
+            "help": "the attacker's surrogate model: a checkpoint directory (poisonclip train's output) "
+            "or MODEL:PRETRAINED, an open_clip model with a pretrained tag or weights file (e.g. "
+            "ViT-B-32:laion2b_s34b_b79k, downloaded by open_clip); empty in a sweep: a clean model "
+            "trained on the sweep's data"
         },
     )
     fit_steps: int = field(default=300, metadata={"help": "Adam steps that optimise the patch"})
@@ -128,10 +133,19 @@ class BadClip(PatchTrigger):
         return dataclasses.replace(self, patch=fitted)
 
     def _surrogate(self, context: FitContext) -> tuple[torch.nn.Module, dict]:
-        if self.surrogate:
+        from pathlib import Path
+
+        if self.surrogate and (Path(self.surrogate).is_dir() or ":" not in self.surrogate):
             from poisonclip.train.checkpoint import load_checkpoint
 
             return load_checkpoint(self.surrogate)
+        if self.surrogate:  # MODEL:PRETRAINED
+            from poisonclip.train.config import TrainConfig
+            from poisonclip.train.model import get_model_config, initial_model
+
+            name, pretrained = self.surrogate.split(":", 1)
+            model_config = get_model_config(name)
+            return initial_model(TrainConfig(model=name, pretrained=pretrained), model_config), model_config
         if context.surrogate is None:
             raise UsageError("badclip needs a surrogate model: --surrogate CHECKPOINT_DIR")
         return context.surrogate()
