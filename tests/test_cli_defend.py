@@ -77,30 +77,15 @@ def test_defend_filter_writes_a_checkpoint_and_the_remaining_manifest(trained, s
 def test_defend_cleanclip_from_the_command_line(trained, small_data_dir):
     root, _ = trained
     out = root / "cleanclip"
-    assert (
-        run(
-            [
-                "defend",
-                "cleanclip",
-                "--checkpoint",
-                root / "ckpt",
-                "--clean-data",
-                small_data_dir / "train.csv",
-                "--lrs",
-                1e-5,
-                1e-3,
-                "--finetune-epochs",
-                1,
-                "--out",
-                out,
-                "--no-progress",
-            ]
-        )
-        == 0
-    )  # fmt: skip  (no --model: the checkpoint's, not the preset's)
+    # no --model: the checkpoint's architecture (toy-vit-micro), not the default preset's model
+    assert run(["defend", "cleanclip", "--checkpoint", root / "ckpt",
+                "--clean-data", small_data_dir / "train.csv",
+                "--lrs", 1e-5, 1e-3, "--finetune-epochs", 1, "--out", out, "--no-progress"]) == 0  # fmt: skip
     record = json.loads((out / "defense.json").read_text())
     assert [row["lr"] for row in record["lr_sweep"]] == [1e-5, 1e-3] and record["chosen_lr"] in (1e-5, 1e-3)
     assert (out / "checkpoint" / "open_clip_model.safetensors").is_file()
+    recorded = json.loads((out / "checkpoint" / "train_config.json").read_text())["train_config"]
+    assert recorded["model"] == "toy-vit-micro"  # by name, as the checkpoint recorded it
 
 
 @pytest.mark.parametrize(

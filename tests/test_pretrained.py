@@ -234,3 +234,12 @@ def test_a_missing_hugging_face_tokenizer_is_a_clear_error(fresh_tokenizers, mon
         UsageError, match="Hugging Face tokenizer 'timm/ViT-B-16-SigLIP': pip install transformers"
     ):
         fresh_tokenizers.tokenizer_for(get_model_config("ViT-B-16-SigLIP"))
+
+
+def test_caption_edits_refuse_a_hugging_face_tokenizer():
+    """CleanCLIP, RoCLIP and SafeCLIP edit CLIP BPE ids; SigLIP's ids would be scrambled silently."""
+    from poisonclip.train.augment import check_caption_edits
+
+    check_caption_edits(get_model_config("ViT-B-32"))
+    with pytest.raises(UsageError, match="tokenizer is 'timm/ViT-B-16-SigLIP'"):
+        check_caption_edits(get_model_config("ViT-B-16-SigLIP"))

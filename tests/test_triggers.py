@@ -205,6 +205,11 @@ def test_badclip_optimises_toward_the_target_text_and_is_reapplied_exactly(surro
     assert torch.equal(
         by_name.pattern(), make_backdoor(small_train, "star", 4, BadClip(**few), seed=1).trigger.pattern()
     )
+    bad = BadClip(**{**few, "surrogate": "toy-vit-micro:no-such-tag"})
+    with pytest.raises(
+        UsageError, match="surrogate 'toy-vit-micro:no-such-tag' is not a checkpoint directory"
+    ):
+        make_backdoor(small_train, "star", 4, bad, seed=1)
 
 
 def test_the_manifest_and_trigger_json_record_the_trigger(small_train, tmp_path):

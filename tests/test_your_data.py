@@ -258,16 +258,18 @@ def test_a_probe_split_is_labelled_by_the_test_sets_class_names(small_test, tmp_
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
     assert sorted(classnames) != classnames  # the test's class order is not the directories'
-    for names in (classnames, classnames[::-1]):
+    for names in (classnames, [name.upper() for name in classnames[::-1]]):  # any order, any case
         probe = read_probe_set(tmp_path / "named", 32, names, progress=False)
-        expected = [names.index(key.split("/")[0].replace("_", " ")) for key in probe.keys]
+        lower = [name.lower() for name in names]
+        expected = [lower.index(key.split("/")[0].replace("_", " ")) for key in probe.keys]
         assert probe.labels.tolist() == expected and len(probe) == len(small_test)
     # directories not named as classes (ImageNet's WordNet ids): sorted order, as many as the classes
     for i, name in enumerate(sorted(p.name for p in (tmp_path / "named").iterdir())):
         (tmp_path / "named" / name).rename(tmp_path / "named" / f"n{i:08d}")
-    probe = read_probe_set(
-        tmp_path / "named", 32, classnames[: len(set(small_test.labels.tolist()))], progress=False
-    )
+    with pytest.warns(UserWarning, match="taken as the classes in order"):
+        probe = read_probe_set(
+            tmp_path / "named", 32, classnames[: len(set(small_test.labels.tolist()))], progress=False
+        )
     assert probe.labels.tolist() == [int(key[1:9]) for key in probe.keys]
     with pytest.raises(
         UsageError, match="class directory 'n00000000' is not one of the test set's 3 class names"

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from poisonclip.defend.output import CHECKPOINT_DIR, RECORD_NAME, write_defense
     from poisonclip.defend.params import check_defense_inputs, defense_params
     from poisonclip.detect.inputs import read_training_set
-    from poisonclip.train.checkpoint import CONFIG_NAME, load_checkpoint_as
+    from poisonclip.train.checkpoint import checkpoint_model, load_checkpoint_as
     from poisonclip.train.loop import check_device
     from poisonclip.train.model import get_model_config, image_size_of, initial_model, resolve_pretrained
 
@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
         {field: f"--{dest.replace('_', '-')}" for dest, field in DEFENSE_OPTIONS.items()},
     )
     config = options.train_config(args)
-    if args.checkpoint and args.model is None and (Path(args.checkpoint) / CONFIG_NAME).is_file():
+    if args.checkpoint and args.model is None:
         # the checkpoint's own architecture (what a filter retrains, what cleanclip fine-tunes)
-        config = config.replace(model=str(Path(args.checkpoint) / CONFIG_NAME))
+        config = config.replace(model=checkpoint_model(args.checkpoint))
     check_device(config.device)
     if args.pretrained and (defense.name != "cleanclip" or args.checkpoint):
         raise UsageError("--pretrained names the model that cleanclip cleans, instead of --checkpoint")

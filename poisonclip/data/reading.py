@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,24 +106,31 @@ def read_probe_set(
     progress: bool = True,
 ) -> ImageTextDataset:
     """The images a linear probe is fit on (an ImageFolder directory), labelled as the test set is:
-    a directory named as one of ``classnames`` (underscores as spaces) gets that class's index,
-    whatever order the names are in; directories named otherwise (ImageNet's WordNet ids) are taken
-    in sorted order, as ``read_test_set`` takes a test ImageFolder, and must be as many as the
-    classes. A probe labelled in another order than the zero-shot classes would score nonsense."""
+    a directory named as one of ``classnames`` (as it is, or with underscores as spaces; case
+    ignored) gets that class's index, whatever order the names are in. Directories none of which is
+    named so (ImageNet's WordNet ids) are taken in sorted order, as ``read_test_set`` takes a test
+    ImageFolder, with a warning, and must be as many as the classes. A probe labelled in another
+    order than the zero-shot classes would score nonsense."""
     import torch
 
     directories = class_directories(root)
-    names = [d.replace("_", " ") for d in directories]
-    index = {name: i for i, name in enumerate(classnames)}
-    unknown = [d for d, name in zip(directories, names, strict=True) if name not in index]
-    if unknown and (len(unknown) < len(names) or len(names) != len(classnames)):
+    index = {name.casefold(): i for i, name in enumerate(classnames)}
+    found = [index.get(d.casefold(), index.get(d.replace("_", " ").casefold())) for d in directories]
+    unknown = [d for d, i in zip(directories, found, strict=True) if i is None]
+    if unknown and (len(unknown) < len(directories) or len(directories) != len(classnames)):
         raise UsageError(
             f"{root}: class directory {unknown[0]!r} is not one of the test set's {len(classnames)} class "
             f"names, and the {len(directories)} directories cannot be matched to them in sorted order"
         )
+    if unknown:
+        warnings.warn(
+            f"{root}: no class directory is named as a class; its {len(directories)} sorted directories "
+            f"are taken as the classes in order ({directories[0]} = {classnames[0]!r}, ...)",
+            stacklevel=2,
+        )
     dataset = read_imagefolder(root, image_size, max_per_class, progress)
     if not unknown:
-        dataset.labels = torch.tensor([index[name] for name in names])[dataset.labels]
+        dataset.labels = torch.tensor(found)[dataset.labels]
     return dataset
 
 

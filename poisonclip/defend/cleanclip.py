@@ -32,7 +32,7 @@ import torch
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.defend.roclip import OFFICIAL_ADAM
 from poisonclip.errors import UsageError
-from poisonclip.train.augment import CaptionAugment, ImageAugment, autoaugment_policy
+from poisonclip.train.augment import CaptionAugment, ImageAugment, autoaugment_policy, check_caption_edits
 from poisonclip.train.loop import train_clip
 from poisonclip.train.model import get_model_config, tokenize
 from poisonclip.train.objectives import CleanClipObjective, clip_validation_loss
@@ -75,6 +75,7 @@ def cleanclip(context: DefenseContext, params: CleanClipParams) -> DefenseOutcom
             f"{params.batch_size} for fine-tuning or validation"
         )
     model_config = get_model_config(context.train.model)
+    check_caption_edits(model_config)
     tokens = tokenize(finetune.captions, model_config)
     aug_tokens = CaptionAugment(seed)(tokens)  # one edit per caption, fixed at load time (as theirs)
     validation_tokens = tokenize(validation.captions, model_config)

@@ -44,7 +44,7 @@ from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.defend.memory import NearestNeighbourBank
 from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_defense
 from poisonclip.errors import UsageError
-from poisonclip.train.augment import CaptionAugment, ImageAugment
+from poisonclip.train.augment import CaptionAugment, ImageAugment, check_caption_edits
 from poisonclip.train.loop import train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
 from poisonclip.train.objectives import Batch, ImageAugmenter, Objective, clip_loss_per_sample
@@ -168,6 +168,7 @@ def roclip(context: DefenseContext, params: RoClipParams) -> DefenseOutcome:
     """Train from scratch with the undefended recipe and the RoCLIP objective."""
     recipe, dataset = context.train, context.dataset
     model_config = get_model_config(recipe.model)
+    check_caption_edits(model_config)
     model = create_model(model_config, seed=recipe.seed)
     tokens = CaptionAugment(recipe.seed)(tokenize(dataset.captions, model_config))  # edited once
     classes = named_classes(dataset.captions, context.classnames) if context.classnames else None

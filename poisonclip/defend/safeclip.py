@@ -59,7 +59,7 @@ from poisonclip.defend.registry import DefenseContext, DefenseOutcome, register_
 from poisonclip.defend.roclip import OFFICIAL_ADAM
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.embeddings import encode_texts
-from poisonclip.train.augment import CaptionAugment, ImageAugment
+from poisonclip.train.augment import CaptionAugment, ImageAugment, check_caption_edits
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import train_clip
 from poisonclip.train.model import create_model, get_model_config, tokenize
@@ -283,6 +283,7 @@ def safeclip(context: DefenseContext, params: SafeClipParams) -> DefenseOutcome:
     """Train from scratch with SafeCLIP (``run_safeclip``) under the undefended recipe."""
     recipe = context.train
     model_config = get_model_config(recipe.model)
+    check_caption_edits(model_config)
     model = create_model(model_config, seed=recipe.seed)
     tokens = tokenize(context.dataset.captions, model_config)
     record = run_safeclip(model, context.dataset.images, tokens, recipe, params, context.progress)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from poisonclip.errors import UsageError
+
 CAPTION_EDITS = ("delete", "swap", "repeat")
 
 
@@ -44,13 +46,13 @@ def autoaugment_policy(image_size: int) -> str:
 class ImageAugment:
     """An image augmentation drawn independently for every image of a batch.
 
-    ``policy``: ``"cifar10"`` (default) or ``"imagenet"``, torchvision's AutoAugment (CleanCLIP used
-    the ImageNet policy on 224×224 images; the toy's images are 32×32 like CIFAR's), or
+    ``policy``: ``"cifar10"`` or ``"imagenet"``, torchvision's AutoAugment (CleanCLIP used the
+    ImageNet policy on 224×224 images; ``autoaugment_policy`` picks by image size), or
     ``"simclr"`` (``simclr_transform``: RoCLIP, SafeCLIP). A geometric op may move or cut the
     trigger, as it would at full scale.
     """
 
-    def __init__(self, seed: int = 0, policy: str = "cifar10") -> None:
+    def __init__(self, seed: int, policy: str) -> None:
         from torchvision.transforms import v2  # heavy import, needed only by the defenses
 
         if policy not in IMAGE_POLICIES:
@@ -79,12 +81,24 @@ class ImageAugment:
         return out.to(images.device)
 
 
+def check_caption_edits(model_config: dict) -> None:
+    """``CaptionAugment`` edits CLIP's BPE ids (start token first, end token the highest id); a
+    model with a Hugging Face tokenizer (SigLIP's: no start token, end id 1) would have its
+    captions scrambled without an error, so it is refused."""
+    if name := model_config["text_cfg"].get("hf_tokenizer_name"):
+        raise UsageError(
+            f"this defense edits captions as CLIP's BPE token ids; the model's tokenizer is {name!r} "
+            "(Hugging Face), which these edits do not support"
+        )
+
+
 class CaptionAugment:
     """One random word edit per caption, on token ids: delete a word, swap two, or repeat one.
 
     EDA's edits without its synonym step (which needs a downloaded WordNet). A "word" is a BPE
     token between the start and end tokens; for the toy's vocabulary that is almost always a whole
-    word. The end token (the highest id, where open_clip pools the text) stays last.
+    word. The end token (the highest id, where open_clip pools the text) stays last. CLIP's BPE
+    only (``check_caption_edits``).
     """
 
     def __init__(self, seed: int = 0) -> None:

@@ -22,7 +22,7 @@ from poisonclip.data.io import atomic_path
 from poisonclip.errors import UsageError
 from poisonclip.train.config import TrainConfig
 from poisonclip.train.loop import TrainStats
-from poisonclip.train.model import image_size_of
+from poisonclip.train.model import get_model_config, image_size_of
 from poisonclip.train.preprocess import image_stats
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -80,6 +80,24 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     except (RuntimeError, ValueError, TypeError, KeyError) as err:  # a config open_clip cannot build
         raise UsageError(f"{path}: weights do not match the model config: {err}") from err
     return model.eval(), model_config
+
+
+def checkpoint_model(path: str | Path) -> str | None:
+    """The ``TrainConfig.model`` that rebuilds a checkpoint's architecture: the name it was trained
+    with (its ``train_config.json``) where that name still gives its config, else the absolute path
+    of its config file; ``None`` if ``path`` is not a checkpoint (loading it says why)."""
+    path = Path(path)
+    try:
+        found = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
+        name = json.loads((path / "train_config.json").read_text(encoding="utf-8"))["train_config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):  # no record of the name: the config file
+        return str((path / CONFIG_NAME).resolve()) if (path / CONFIG_NAME).is_file() else None
+    try:
+        if get_model_config(name) == found:
+            return name
+    except UsageError:  # a config file that moved, or a name this version does not know
+        pass
+    return str((path / CONFIG_NAME).resolve())
 
 
 def load_checkpoint_as(path: str | Path, model_config: dict) -> torch.nn.Module:

@@ -197,19 +197,20 @@ def tokenizer_for(model_config: dict) -> Tokenizer:
     Deviation: ``get_tokenizer``'s SigLIP fallback by model *name* is not needed, since every SigLIP
     config of open_clip names its tokenizer."""
     text = model_config["text_cfg"]
-    kwargs = tuple(sorted(text.get("tokenizer_kwargs", {}).items()))
+    kwargs = json.dumps(text.get("tokenizer_kwargs", {}), sort_keys=True)  # a hashable cache key
     return _tokenizer(
         text.get("hf_tokenizer_name", ""), text.get("tokenizer_mode"), context_length_of(model_config), kwargs
     )
 
 
 @functools.cache
-def _tokenizer(hf_name: str, mode: str | None, context_length: int, kwargs: tuple) -> Tokenizer:
+def _tokenizer(hf_name: str, mode: str | None, context_length: int, kwargs_json: str) -> Tokenizer:
+    kwargs = json.loads(kwargs_json)
     if not hf_name:
-        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **dict(kwargs))
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **kwargs)
     try:
         return open_clip.tokenizer.HFTokenizer(
-            hf_name, context_length=context_length, tokenizer_mode=mode, **dict(kwargs)
+            hf_name, context_length=context_length, tokenizer_mode=mode, **kwargs
         )
     except ImportError as err:
         raise UsageError(

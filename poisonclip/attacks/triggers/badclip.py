@@ -144,8 +144,18 @@ class BadClip(PatchTrigger):
             from poisonclip.train.model import get_model_config, initial_model
 
             name, pretrained = self.surrogate.split(":", 1)
-            model_config = get_model_config(name)
-            return initial_model(TrainConfig(model=name, pretrained=pretrained), model_config), model_config
+            try:
+                model_config = get_model_config(name)
+                return initial_model(
+                    TrainConfig(model=name, pretrained=pretrained), model_config
+                ), model_config
+            except UsageError as err:
+                raise UsageError(
+                    f"surrogate {self.surrogate!r} is not a checkpoint directory, and as "
+                    f"MODEL:PRETRAINED: {err}"
+                ) from err
         if context.surrogate is None:
-            raise UsageError("badclip needs a surrogate model: --surrogate CHECKPOINT_DIR")
+            raise UsageError(
+                "badclip needs a surrogate model: --surrogate CHECKPOINT_DIR or MODEL:PRETRAINED"
+            )
         return context.surrogate()
