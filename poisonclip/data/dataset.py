@@ -198,7 +198,8 @@ def read_csv_dataset(
     labelled evaluation set) the caption column may be absent and empty captions are kept.
     ``label_column`` is used when present in the file (``None``: labels ignored); its cells are
     class indices or class names, resolved by ``resolve_labels`` against ``classnames`` (read from
-    ``classnames_source``, named in errors). Without ``image_size`` all images must already share one size.
+    ``classnames_source``, named in errors). Without ``image_size`` all images must already share
+    one size.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():

@@ -115,7 +115,10 @@ def read_probe_set(
 
     directories = class_directories(root)
     index = {name.casefold(): i for i, name in enumerate(classnames)}
-    found = [index.get(d.casefold(), index.get(d.replace("_", " ").casefold())) for d in directories]
+    as_names = resolve_classnames(None, directories)  # underscores as spaces, as a test ImageFolder's
+    found = [
+        index.get(d.casefold(), index.get(n.casefold())) for d, n in zip(directories, as_names, strict=True)
+    ]
     unknown = [d for d, i in zip(directories, found, strict=True) if i is None]
     if unknown and (len(unknown) < len(directories) or len(directories) != len(classnames)):
         raise UsageError(
