@@ -1,4 +1,5 @@
-"""The synthetic-data cache: one folder per ``SyntheticConfig``, written once, then only read.
+"""A sweep's data: the synthetic-data cache, one folder per ``SyntheticConfig`` written once, then
+only read; or a user's own files (``data/files.py``), read where they are.
 
 The demo generates into its own output; sweeps share one cache folder per config
 (named by the config's hash), so a config used by many trials is generated once.
@@ -10,9 +11,12 @@ import json
 from pathlib import Path
 
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
+from poisonclip.data.files import DataFiles, load_files
 from poisonclip.data.io import OutputExistsError
 from poisonclip.data.synthetic import SyntheticConfig, synthetic_train_labels, write_synthetic
 from poisonclip.keys import config_dict, config_hash
+
+DataConfig = SyntheticConfig | DataFiles  # a sweep's [data]: generated, or a user's own files
 
 
 def prepare_data(data_dir: Path, config: SyntheticConfig) -> None:
@@ -36,6 +40,23 @@ def prepare_data(data_dir: Path, config: SyntheticConfig) -> None:
 def data_dir(data_root: Path, config: SyntheticConfig) -> Path:
     """The cache folder of one synthetic-data config (its hash names it)."""
     return data_root / f"synthetic-{config_hash(config_dict(config))}"
+
+
+def prepare_sweep_data(data_root: Path, config: DataConfig) -> None:
+    """Before a sweep's workers start: generate synthetic data once; check a user's files unchanged."""
+    if isinstance(config, DataFiles):
+        config.check_unchanged()
+    else:
+        prepare_data(data_dir(data_root, config), config)
+
+
+def load_sweep_data(
+    data_root: Path, config: DataConfig
+) -> tuple[ImageTextDataset, ImageTextDataset, list[str]]:
+    """(train, test, classnames) of a sweep's ``[data]``: synthetic (``load_synthetic``) or files."""
+    if isinstance(config, DataFiles):
+        return load_files(config)
+    return load_synthetic(data_root, config)
 
 
 def load_synthetic(

@@ -202,13 +202,7 @@ def read_csv_dataset(
     one size.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UsageError(f"dataset file not found: {csv_path}")
-    try:  # utf-8-sig: a byte-order mark (Excel's UTF-8 CSV) must not become part of the first column
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f, delimiter=sep))
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{csv_path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
+    rows = read_csv_rows(csv_path, sep)
     fieldnames = rows[0].keys() if rows else []
     has_captions = caption_column in fieldnames
     for column in (image_column, caption_column) if captions_required else (image_column,):
@@ -239,6 +233,17 @@ def read_csv_dataset(
     if not decoded:
         raise UsageError(f"{csv_path}: no readable samples")
     return decoded.to_dataset(str(csv_path), skipped, classnames, classnames_source)
+
+
+def read_csv_rows(csv_path: Path, sep: str = CSV_SEPARATOR) -> list[dict[str, str]]:
+    """The rows of a CSV as {column: cell} (no image is read)."""
+    if not csv_path.is_file():
+        raise UsageError(f"dataset file not found: {csv_path}")
+    try:  # utf-8-sig: a byte-order mark (Excel's UTF-8 CSV) must not become part of the first column
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter=sep))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{csv_path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
 
 
 def resolve_labels(

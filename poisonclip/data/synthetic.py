@@ -120,6 +120,11 @@ class SyntheticConfig:
     def classnames(self) -> tuple[str, ...]:
         return SHAPES[: self.num_shapes]
 
+    @property
+    def templates(self) -> str:
+        """The zero-shot prompts of this data: those written for the shapes."""
+        return "synthetic"
+
 
 @dataclass(frozen=True)
 class SyntheticSplit:

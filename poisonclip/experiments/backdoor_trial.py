@@ -30,9 +30,9 @@ import torch
 from poisonclip.attacks.backdoor import fit_trigger, make_backdoor
 from poisonclip.attacks.triggers import Trigger, build_trigger, parameter_names
 from poisonclip.attacks.triggers.base import parameters
+from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import check_templates
-from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.metrics import pair_similarity_histogram, same_label_by_similarity
 from poisonclip.evaluate.suite import BackdoorEvaluation, backdoor_linear_probe, evaluate_backdoor
@@ -151,11 +151,12 @@ def backdoor_poisoning(
     )
 
 
-def check_backdoor(params: Any, data: SyntheticConfig) -> None:
+def check_backdoor(params: Any, data: DataConfig) -> None:
     """The trigger fits the data's images and the target label is one of its classes."""
     params.trigger_spec().check_image_size(data.image_size)
     if params.target_label not in data.classnames:
-        raise UsageError(f"target_label {params.target_label!r} is not a class of the synthetic data")
+        shown = ", ".join(data.classnames[:8]) + (", ..." if len(data.classnames) > 8 else "")
+        raise UsageError(f"target_label {params.target_label!r} is not a class of the data ({shown})")
 
 
 @register_matrix_attack(
@@ -170,7 +171,7 @@ def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
         metrics = evaluate_backdoor(
             model, data.test, data.classnames, params.target_label, poisoning.trigger, seed,
-            templates="synthetic", tokenizer=tokenizer_for(model_config),
+            templates=data.templates, tokenizer=tokenizer_for(model_config),
         ).metrics  # fmt: skip
         return {**metrics, "attack_success": metrics["asr"]}
 
@@ -219,7 +220,7 @@ class BackdoorParams(TriggerKeys):
         params.pop("eval_templates", None)
         return params
 
-    def check(self, data: SyntheticConfig) -> None:
+    def check(self, data: DataConfig) -> None:
         check_backdoor(self, data)
         if self.poison_count > data.num_train:
             raise UsageError(f"poison_count {self.poison_count} exceeds num_train {data.num_train}")

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from poisonclip.attacks.targeted_spec import TargetedOptions
+from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
-from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.defend import DefenseContext, apply_defense, parse_defense
 from poisonclip.defend.output import flagged_summary
 from poisonclip.detect import (
@@ -127,7 +127,7 @@ class DefenseMatrixParams(TriggerKeys, TargetedOptions):
         del params["defense"]
         return params
 
-    def check(self, data: SyntheticConfig) -> None:
+    def check(self, data: DataConfig) -> None:
         check_matrix_attack(self.attack_type, self, data)
         if self.clean_pairs > data.num_train:
             raise UsageError(f"clean_pairs {self.clean_pairs} exceeds num_train {data.num_train}")
@@ -151,16 +151,15 @@ def run_defense_trial(
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
     poisoned = get_matrix_attack(params.attack_type)(
-        params, TrialData(train, test, classnames, trial.seed, recipe)
+        params, TrialData(train, test, classnames, trial.seed, recipe, trial.cells[0].data.templates)
     )
     dataset, manifest, evaluate = poisoned.dataset, poisoned.manifest, poisoned.evaluate
 
     def clean_accuracy(model: torch.nn.Module) -> float:
         """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
         model_config = get_model_config(recipe.model)
-        return evaluate_clean(model, test, classnames, "synthetic", tokenizer_for(model_config)).metrics[
-            "zero_shot_acc"
-        ]
+        templates, tokenizer = trial.cells[0].data.templates, tokenizer_for(model_config)
+        return evaluate_clean(model, test, classnames, templates, tokenizer).metrics["zero_shot_acc"]
 
     labels = poison_labels(dataset.keys, manifest)
     tracker = LossTracker(

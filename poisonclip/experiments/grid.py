@@ -8,8 +8,8 @@ An experiment file (see ``experiments/*.toml``)::
     attack = "backdoor"           # a trial runner (poisonclip.experiments.runners)
     seeds = [0, 1, 2]             # or a count: seeds = 3 means [0, 1, 2]
 
-    [data]                        # SyntheticConfig fields
-    num_train = [5000, 10000]
+    [data]                        # SyntheticConfig fields; or a user's files (data/files.DataFiles):
+    num_train = [5000, 10000]     # train = "train.csv", test = "test.csv", image_size = 224, ...
     [train]                       # preset name + TrainConfig fields (not ``seed``: see ``seeds``)
     preset = "demo"
     model = ["toy-vit-w32", "toy-vit-w64"]
@@ -23,7 +23,8 @@ Any field may be a list: the grid is the product of all lists. A **cell** is one
 grid; a **trial** is one trained model: the cells that differ only in evaluation settings (e.g.
 ``eval_placement``), for one seed. Seed ``s`` sets the model initialisation and data order
 (``TrainConfig.seed``), the poison selection and the random test-patch positions; the synthetic
-data's own seed is ``[data] seed``.
+data's own seed is ``[data] seed``. An attack's ``eval_templates`` defaults to the data's prompts
+(``synthetic`` for the generated shapes; ``[data] templates`` for a user's files).
 
 Results are keyed by ``Cell.key`` (a hash of the resolved cell config, seed excluded) and the seed,
 so a cell shared by two experiment files is trained once.
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poisonclip.data.cache import DataConfig
+from poisonclip.data.files import DataFiles
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.runners import get_runner
@@ -65,7 +68,7 @@ class Cell:
     """One grid point, i.e. what one result row describes (together with a seed)."""
 
     attack: str
-    data: SyntheticConfig
+    data: DataConfig
     train: TrainConfig  # its ``seed`` is unused: each trial's seed replaces it
     params: Any  # the attack's frozen parameter dataclass, e.g. backdoor_trial.BackdoorParams
 
@@ -180,8 +183,15 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
     except UsageError as err:
         raise UsageError(f"{where}: [train] {err}") from err
 
+    data_table = _table(document, "data", where)
+    data_cls = DataFiles if {"train", "test"} & set(data_table) else SyntheticConfig
+    if data_cls is DataFiles:
+        if missing := [k for k in ("train", "test", "image_size") if k not in data_table]:
+            raise UsageError(f"{where}: [data] names your own files but not {', '.join(missing)}")
+        if "fingerprint" in data_table:
+            raise UsageError(f"{where}: [data] fingerprint is computed from the files, not given")
     sections = (
-        ("data", SyntheticConfig, _table(document, "data", where)),
+        ("data", data_cls, data_table),
         ("train", TrainConfig, train_table),
         (attack, runner.params, _table(document, attack, where)),
     )
@@ -195,7 +205,7 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
         chosen: dict[str, dict[str, Any]] = {section: {} for section, _, _ in sections}
         for (section, field, _), value in zip(axes, combination, strict=True):
             chosen[section][field] = value
-        cell = _make_cell(attack, runner.params, base_train, chosen, where)
+        cell = _make_cell(attack, data_cls, runner.params, base_train, chosen, where)
         cells.setdefault(cell.key, cell)
     return Sweep(
         name=name,
@@ -210,14 +220,23 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
 
 
 def _make_cell(
-    attack: str, params_cls: type, base_train: TrainConfig, chosen: dict[str, dict], where: str
+    attack: str,
+    data_cls: type,
+    params_cls: type,
+    base_train: TrainConfig,
+    chosen: dict[str, dict],
+    where: str,
 ) -> Cell:
     """Build one cell, checking every value (dataclass checks, then cross-field checks)."""
     data_values, train_values, params_values = chosen["data"], chosen["train"], chosen[attack]
     point = ", ".join(f"{k}={v!r}" for values in chosen.values() for k, v in values.items())
     try:
-        data = SyntheticConfig(**data_values)
+        data = data_cls(**data_values)
+        if isinstance(data, DataFiles):
+            data = data.fingerprinted()  # the files as they are now: an edited CSV is a new cell
         train = base_train.replace(**train_values)
+        if "eval_templates" in {f.name for f in dataclasses.fields(params_cls)}:
+            params_values = {"eval_templates": data.templates, **params_values}  # the data's prompts
         params = _params(attack, params_cls, params_values)
         model_image_size = image_size_of(get_model_config(train.model))
         if model_image_size != data.image_size:  # data.stored_size may differ: it is read at image_size

@@ -19,8 +19,8 @@ from poisonclip.registry import Registry
 if TYPE_CHECKING:
     import torch
 
+    from poisonclip.data.cache import DataConfig
     from poisonclip.data.dataset import ImageTextDataset
-    from poisonclip.data.synthetic import SyntheticConfig
     from poisonclip.train.config import TrainConfig
 
 
@@ -33,6 +33,7 @@ class TrialData:
     classnames: list[str]
     seed: int  # the trial's: poisons, targets, initialisation and data order
     recipe: TrainConfig  # the undefended training (a fitted trigger's surrogate trains with it)
+    templates: str  # the data's zero-shot prompts (a set name or a templates file)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Poisoned:
 class MatrixAttack:
     poison: Callable[[Any, TrialData], Poisoned]
     keys: tuple[str, ...]  # the [defense] keys only this attack reads
-    check: Callable[[Any, SyntheticConfig], None] | None  # its keys against the data, before any work
+    check: Callable[[Any, DataConfig], None] | None  # its keys against the data, before any work
 
 
 # name -> the module that registers it (imported on first use)
@@ -62,7 +63,7 @@ list_matrix_attacks = _MATRIX_ATTACKS.names
 
 
 def register_matrix_attack(
-    name: str, keys: Sequence[str], check: Callable[[Any, SyntheticConfig], None] | None = None
+    name: str, keys: Sequence[str], check: Callable[[Any, DataConfig], None] | None = None
 ) -> Callable[[Callable], Callable]:
     """Register ``poison(params, data: TrialData) -> Poisoned`` as attack ``name``, reading ``keys``;
     ``check(params, data_config)`` refuses settings that do not fit the data (``UsageError``)."""
@@ -74,7 +75,7 @@ def register_matrix_attack(
     return decorator
 
 
-def check_matrix_attack(name: str, params: Any, data: SyntheticConfig) -> None:
+def check_matrix_attack(name: str, params: Any, data: DataConfig) -> None:
     """Attack ``name``'s own checks of ``params`` against the data config, if it has any."""
     if (check := _MATRIX_ATTACKS.get(name).check) is not None:
         check(params, data)

@@ -38,7 +38,7 @@ import open_clip
 import torch
 
 from poisonclip._version import __version__
-from poisonclip.data.cache import data_dir, load_synthetic, prepare_data
+from poisonclip.data.cache import load_sweep_data, prepare_sweep_data
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import get_runner
@@ -105,7 +105,7 @@ def run_trials(job: TrialJob) -> list[TrialOutcome]:
         return [TrialOutcome(t.label, time.perf_counter() - start, error=error) for t in trials]
 
     try:
-        train, test, classnames = load_synthetic(job.data_root, pending[0].cells[0].data)
+        train, test, classnames = load_sweep_data(job.data_root, pending[0].cells[0].data)
         runner = get_runner(pending[0].attack)
         if len(pending) > 1 and runner.prepare is not None:  # one computation for all seeds
             prepared = [runner.prepare(trial, train, test, classnames) for trial in pending]
@@ -318,7 +318,7 @@ def run_sweep(
     done = store.done_keys()
     pending = [t for t in trials if not trial_done(t, done)]
     for config in {t.cells[0].data: None for t in pending}:  # once, here: workers then only read
-        prepare_data(data_dir(data_root, config), config)
+        prepare_sweep_data(data_root, config)
 
     jobs = [TrialJob(group, db, data_root) for group in group_trials(pending, seeds_per_job)]
     bar = progress_bar(total=len(trials), initial=len(trials) - len(pending), desc=sweep.name, unit="trial",

@@ -26,9 +26,9 @@ import torch
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.targeted import Target, choose_targets, make_targeted_many
 from poisonclip.attacks.targeted_spec import TargetedOptions
+from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import check_templates
-from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.evaluate.linear_probe import probe_split
 from poisonclip.evaluate.targeted_suite import TargetedEvaluation, evaluate_targeted
@@ -158,7 +158,7 @@ def targeted_for_matrix(params: Any, data: TrialData) -> Poisoned:
 
     def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
         evaluation = evaluate_targeted(
-            model, poisoning.targets, test, classnames, "synthetic", tokenizer_for(model_config)
+            model, poisoning.targets, test, classnames, data.templates, tokenizer_for(model_config)
         )
         return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
 
@@ -192,7 +192,7 @@ class TargetedParams(TargetedOptions):
         del params["eval_templates"]
         return params
 
-    def check(self, data: SyntheticConfig) -> None:
+    def check(self, data: DataConfig) -> None:
         # Targets come from the evaluation half of the test split (``probe_split``).
         if self.num_targets > data.num_test // 2:
             raise UsageError(

@@ -1,0 +1,155 @@
+"""A user's own data as a sweep's ``[data]``: a training CSV and a labelled test CSV, named by path.
+
+The synthetic data is generated from its config; a user's data is identified by its files. A result
+key holds the paths as written and ``fingerprint``, the SHA-256 of the bytes of the two CSVs and the
+class-name file, so an edited CSV is a new configuration instead of a silent match of stored results.
+The images a CSV names are not hashed (an image replaced in place keeps the key), nor is a templates
+file (as everywhere in sweeps: give changed prompts a new name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from poisonclip.data.csv_format import CAPTION_COLUMN, CSV_SEPARATOR, IMAGE_COLUMN, LABEL_COLUMN, CsvFormat
+from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_rows, resolve_labels
+from poisonclip.data.prompts import check_templates
+from poisonclip.data.reading import read_data, read_test_set
+from poisonclip.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The keys of ``[data]`` for a user's own data (paths relative to the directory the sweep runs
+    in). Both CSVs have open_clip_train's layout (``CsvFormat``); the test CSV needs a label column
+    and no captions. ``fingerprint`` is computed (``fingerprinted``), never given."""
+
+    train: str  # image–caption pairs; a label column is ignored, as by `poisonclip train`
+    test: str  # labelled images: class names, or indices named by ``classnames_file``
+    image_size: int  # the model's input: images are resized and centre-cropped to it
+    classnames_file: str = ""  # one class name per line, in label order; "": the labels' sorted names
+    templates: str = "openai"  # zero-shot prompts: a set name or a templates file (one `{}` a line)
+    separator: str = CSV_SEPARATOR
+    image_column: str = IMAGE_COLUMN
+    caption_column: str = CAPTION_COLUMN
+    label_column: str = LABEL_COLUMN
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise UsageError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        check_templates("templates", self.templates)
+
+    @property
+    def csv(self) -> CsvFormat:
+        return CsvFormat(self.separator, self.image_column, self.caption_column, self.label_column)
+
+    @property
+    def num_train(self) -> int:
+        """Training pairs with a caption (an unreadable image is only found when decoding)."""
+        return self._summary().num_train
+
+    @property
+    def num_test(self) -> int:
+        return self._summary().num_test
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return self._summary().classnames
+
+    def fingerprinted(self) -> DataFiles:
+        """This config with the fingerprint of the files as they are now."""
+        return dataclasses.replace(self, fingerprint=self._summary().fingerprint)
+
+    def _summary(self) -> _Summary:
+        # one cache entry with or without the fingerprint, and a new one when a file changes
+        stamps = tuple(
+            (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in _files(self)
+        )
+        return _summary(dataclasses.replace(self, fingerprint=""), stamps)
+
+    def check_unchanged(self) -> None:
+        """Refuse files that changed since the fingerprint was taken (the sweep was planned)."""
+        if (now := _files_fingerprint(self)) != self.fingerprint:
+            raise UsageError(
+                f"{self.train}, {self.test} or {self.classnames_file or 'no class-name file'}: the files "
+                f"changed since the sweep was planned (fingerprint {self.fingerprint} → {now}); run it again"
+            )
+
+
+@dataclass(frozen=True)
+class _Summary:
+    num_train: int
+    num_test: int
+    classnames: tuple[str, ...]
+    fingerprint: str
+
+
+def _files(config: DataFiles) -> list[Path]:
+    return [Path(p) for p in (config.train, config.test, config.classnames_file) if p]
+
+
+def _files_fingerprint(config: DataFiles) -> str:
+    digest = hashlib.sha256()
+    for path in _files(config):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(b"\0")  # file boundaries: moving a line between files changes the digest
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _summary(config: DataFiles, stamps: tuple) -> _Summary:
+    """Counts and class names from the CSV cells alone (no image is decoded); cached per config and
+    the files' sizes and modification times (``stamps``), so a grid of many cells reads them once."""
+    train_rows = read_csv_rows(Path(config.train), config.separator)
+    test_rows = read_csv_rows(Path(config.test), config.separator)
+    for rows, path, columns in (
+        (train_rows, config.train, (config.image_column, config.caption_column)),
+        (test_rows, config.test, (config.image_column, config.label_column)),
+    ):
+        if not rows:
+            raise UsageError(f"{path}: no rows")
+        if missing := [c for c in columns if c not in rows[0]]:
+            raise UsageError(
+                f"{path}: no column {missing[0]!r} (columns: {', '.join(rows[0])}; separator "
+                f"{config.separator!r})"
+            )
+    names = read_classnames(config.classnames_file) if config.classnames_file else None
+    source = config.classnames_file or "the class names"
+    keys = [row[config.image_column] for row in test_rows]
+    cells = [row[config.label_column] for row in test_rows]
+    _, names = resolve_labels(cells, keys, config.test, names, source)
+    if names is None:
+        raise UsageError(
+            f"{config.test}: its labels are class indices: name them with [data] classnames_file "
+            "(one name per line, in label order)"
+        )
+    return _Summary(
+        num_train=sum(bool((row[config.caption_column] or "").strip()) for row in train_rows),
+        num_test=len(test_rows),
+        classnames=tuple(names),
+        fingerprint=_files_fingerprint(config),
+    )
+
+
+def load_files(
+    config: DataFiles, progress: bool = False
+) -> tuple[ImageTextDataset, ImageTextDataset, list[str]]:
+    """(train, test, classnames) decoded at ``config.image_size``; the files must be the ones the
+    fingerprint was taken of, and the decoded test set must still hold every class."""
+    config.check_unchanged()
+    train = read_data(config.train, config.image_size, config.csv, progress=progress)
+    test, classnames = read_test_set(
+        config.image_size, test=config.test, classnames=config.classnames_file or None, csv=config.csv,
+        progress=progress,
+    )  # fmt: skip
+    if tuple(classnames) != config.classnames:  # every image of a class unreadable
+        raise UsageError(
+            f"{config.test}: after skipping unreadable images the classes are {len(classnames)}, not "
+            f"the {len(config.classnames)} its labels name; fix or drop those rows"
+        )
+    return train, test, classnames
