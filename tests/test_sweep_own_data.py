@@ -1,5 +1,7 @@
 """Sweeps on a user's own files: ``[data] train = ..., test = ...`` instead of the synthetic set."""
 
+import json
+import shutil
 import tomllib
 
 import pytest
@@ -9,17 +11,22 @@ from poisonclip.data.cache import data_dir
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import parse_sweep
+from poisonclip.experiments.runners import CellResult
 from poisonclip.experiments.store import ResultStore
+from poisonclip.report.document import figure_rows
+from poisonclip.report.figure_registry import get_figure
+from poisonclip.report.findings import paper_vs_toy
 from tests.sweep_files import assert_refused, write
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SYNTHETIC = SyntheticConfig(num_train=300, num_test=120, num_shapes=10)
 GRID = '[train]\npreset = "tiny"\n[backdoor]\npoison_count = 20\n'
+FIGURES = 'figures = ["fig2_right"]\n'
 
 
 def files_table(root, **extra) -> str:
-    """``[data]`` naming the CSVs that ``data synth`` wrote under ``root``."""
+    """``[data]`` naming the CSVs and class names of the synthetic data's folder ``root``."""
     values = {
         "train": str(root / "train.csv"),
         "test": str(root / "test.csv"),
@@ -27,23 +34,21 @@ def files_table(root, **extra) -> str:
         "image_size": 32,
         **extra,
     }
-    lines = [
-        f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}" for k, v in values.items()
-    ]
-    return "[data]\n" + "\n".join(lines) + "\n"
+    return "[data]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def run(path, db) -> None:
+    assert main(["sweep", "run", str(path), "--db", str(db), "--data-root", str(path.parent / "data"),
+                 "--workers", "1", "--no-progress"]) == 0  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    """The synthetic set's cache folder, written by a sweep over it (one trial), and that sweep's db."""
+    """The synthetic data's folder, written by a sweep over it (one trial), and that sweep's db."""
     tmp = tmp_path_factory.mktemp("own")
-    data = "[data]\n" + "".join(
-        f"{k} = {v}\n" for k, v in (("num_train", 300), ("num_test", 120), ("num_shapes", 10))
-    )
-    path = write(tmp, data + GRID, "synthetic.toml")
+    data = "[data]\nnum_train = 300\nnum_test = 120\nnum_shapes = 10\n"
     db = tmp / "synthetic.sqlite"
-    assert main(["sweep", "run", str(path), "--db", str(db), "--data-root", str(tmp / "data"),
-                 "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    run(write(tmp, FIGURES + data + GRID, "synthetic.toml"), db)
     return data_dir(tmp / "data", SYNTHETIC), db
 
 
@@ -51,16 +56,25 @@ def test_a_sweep_on_the_same_data_as_files_measures_exactly_what_the_synthetic_s
     synthetic_root, tmp_path
 ):
     root, synthetic_db = synthetic_root
+    db = tmp_path / "both.sqlite"
+    shutil.copy(synthetic_db, db)
     # The synthetic data's own prompts: with them, nothing but the way the data is named differs.
-    path = write(tmp_path, files_table(root, templates="synthetic") + GRID, "files.toml")
-    db = tmp_path / "files.sqlite"
-    assert main(["sweep", "run", str(path), "--db", str(db), "--workers", "1", "--no-progress"]) == 0
-    [ours] = ResultStore(db, read_only=True).rows()
-    [theirs] = ResultStore(synthetic_db, read_only=True).rows()
+    run(write(tmp_path, FIGURES + files_table(root, templates="synthetic") + GRID, "files.toml"), db)
+    ours, theirs = sorted(ResultStore(db, read_only=True).rows(), key=lambda r: r.synthetic)
     assert ours.cell["data.train"] == str(root / "train.csv") and len(ours.cell["data.fingerprint"]) == 16
-    assert ours.cell["eval_templates"] == "synthetic"
-    for metric in ("asr", "zscore", "natural_rate", "zero_shot_acc", "probe_acc", "poison_rate"):
-        assert ours.metrics[metric] == theirs.metrics[metric], metric
+    assert ours.cell["data.num_train"] == 300 and ours.cell["eval_templates"] == "synthetic"
+    timings = {k for k in theirs.metrics if "second" in k}  # wall-clock: seconds, samples per second
+    assert set(ours.metrics) == set(theirs.metrics)
+    assert {k: v for k, v in ours.metrics.items() if k not in timings} == {
+        k: v for k, v in theirs.metrics.items() if k not in timings
+    }
+    assert ours.curves == theirs.curves
+    # One figure draws both kinds of rows; the paper-vs-toy findings read the synthetic ones only.
+    assert main(["report", str(db), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "fig2_right.png").is_file()
+    rows_both, rows_toy = figure_rows(ResultStore(db, read_only=True)), figure_rows(ResultStore(synthetic_db))
+    assert len(rows_both("fig2_right")) == 2
+    assert paper_vs_toy(rows_both) == paper_vs_toy(rows_toy)
 
 
 def test_eval_templates_default_to_the_datas_prompts(synthetic_root):
@@ -70,6 +84,9 @@ def test_eval_templates_default_to_the_datas_prompts(synthetic_root):
     text = files_table(root) + GRID + 'eval_templates = "synthetic"\n'
     [cell] = parse_sweep(tomllib.loads(text), "own").cells
     assert cell.params.eval_templates == "synthetic"  # the attack's own setting wins
+    # Prompts are evaluation only: one model serves two prompt sets.
+    sweep = parse_sweep(tomllib.loads(files_table(root, templates=["openai", "synthetic"]) + GRID), "own")
+    assert len(sweep.cells) == 2 and len(sweep.trials()) == 1
     # The synthetic data keeps its prompts, and its cells their keys.
     [cell] = parse_sweep(tomllib.loads(GRID), "synthetic").cells
     assert cell.params.eval_templates == "synthetic" and "eval_templates" not in cell.to_dict()["params"]
@@ -110,7 +127,7 @@ def test_class_names_come_from_the_test_labels_when_they_are_names(synthetic_roo
         (lambda t: t.replace("image_size = 32\n", ""), "names your own files but not image_size"),
         (
             lambda t: t.replace("[train]", 'fingerprint = "0"\n[train]'),
-            "fingerprint is computed from the files",
+            "fingerprint: computed from the files",
         ),
         (lambda t: t.replace("classnames_file =", "# classnames_file ="), "its labels are class indices"),
         (
@@ -122,8 +139,46 @@ def test_class_names_come_from_the_test_labels_when_they_are_names(synthetic_roo
             "takes 32px images but data.image_size is 64",
         ),
         (lambda t: t.replace("test.csv", "nowhere.csv"), "dataset file not found"),
+        (lambda t: t.replace("[train]", 'separator = ";;"\n[train]'), "separator must be one character"),
+        (lambda t: t.replace("[train]", "num_train = 5\n[train]"), "num_train: computed from the files"),
+        (
+            lambda t: t.replace("[train]", "num_shapes = 5\n[train]"),
+            "num_shapes: a key of the synthetic data",
+        ),
+        (lambda t: t.replace("train =", "train_csv ="), "your own files': ['caption_column',"),
+        (
+            lambda t: t.replace('"label"', '"title"').replace("[train]", 'label_column = "nolabel"\n[train]'),
+            "no column 'nolabel'",
+        ),
     ],
 )
 def test_bad_own_data_is_one_error_line_before_any_work(synthetic_root, tmp_path, capsys, edit, message):
     root, _ = synthetic_root
     assert_refused(tmp_path, capsys, edit(files_table(root) + GRID), message)
+
+
+def test_a_test_csv_without_labels_is_refused_before_any_work(synthetic_root, tmp_path, capsys):
+    root, _ = synthetic_root
+    header, *rows = (root / "test.csv").read_text().splitlines()
+    unlabelled = tmp_path / "test.csv"  # every label cell empty
+    body = [f"{root / path}\t{title}\t" for path, title, _ in (row.split("\t") for row in rows)]
+    unlabelled.write_text("\n".join([header, *body]) + "\n")
+    text = files_table(root, test=str(unlabelled)) + GRID
+    assert_refused(tmp_path, capsys, text, "column 'label' is empty: every test image needs a label")
+
+
+def test_several_training_csvs_are_one_line_against_their_size(synthetic_root, tmp_path):
+    root, _ = synthetic_root
+    header, *rows = (root / "train.csv").read_text().splitlines()
+    half = tmp_path / "half.csv"  # the first 150 pairs, their images named from here
+    half.write_text("\n".join([header, *(f"{root}/{row}" for row in rows[:150])]) + "\n")
+    text = 'figures = ["fig5_left"]\n' + files_table(root, train=[str(half), str(root / "train.csv")]) + GRID
+    sweep = parse_sweep(tomllib.loads(text), "sizes")
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.register_sweep(sweep)
+    for trial in sweep.trials():
+        metrics = {"zscore": 1.0, "asr": 0.5, "natural_rate": 0.1, "zero_shot_acc": 0.3, "poison_rate": 0.1}
+        store.add_trial(trial, [CellResult(metrics, {})], 1.0, {})
+    table = get_figure("fig5_left").render(store.rows(["sizes"]), tmp_path / "f.png")
+    assert table.columns[:2] == ("poisons", "clean pairs")  # no series per file: x is their size
+    assert [row[1] for row in table.rows] == ["150", "300"]

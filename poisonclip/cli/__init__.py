@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from poisonclip.cli import data, defend, demo, detect, evaluate, listing, poison, report, sweep, train
+from poisonclip.data.csv_format import check_separator
 from poisonclip.errors import UsageError
 
 EXIT_USAGE = 2
@@ -83,12 +84,8 @@ MINIMUMS = {"image_size": 1, "k": 1, "lid_k": 2}  # LID from a single neighbour 
 
 
 def _check_shared_options(args: argparse.Namespace) -> None:
-    sep = getattr(args, "csv_separator", None)
-    if sep is not None and (len(sep) != 1 or sep in '\r\n"'):
-        raise UsageError(
-            f"--csv-separator must be one character, not a quote or a line break, got {sep!r} "
-            "(for a tab, leave the default or type $'\\t' in bash)"
-        )
+    if (sep := getattr(args, "csv_separator", None)) is not None:
+        check_separator(sep, "--csv-separator")
     label = getattr(args, "target_label", None)
     if label is not None and not label.strip():
         raise UsageError("--target-label is empty")

@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.files import DataFiles, load_files
+from poisonclip.data.files import DataConfig, DataFiles, load_files
 from poisonclip.data.io import OutputExistsError
 from poisonclip.data.synthetic import SyntheticConfig, synthetic_train_labels, write_synthetic
 from poisonclip.keys import config_dict, config_hash
-
-DataConfig = SyntheticConfig | DataFiles  # a sweep's [data]: generated, or a user's own files
 
 
 def prepare_data(data_dir: Path, config: SyntheticConfig) -> None:

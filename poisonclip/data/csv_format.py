@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from poisonclip.errors import UsageError
+
 CSV_SEPARATOR = "\t"
 IMAGE_COLUMN = "filepath"
 CAPTION_COLUMN = "title"
@@ -22,3 +24,12 @@ class CsvFormat:
 
 
 DEFAULT_CSV = CsvFormat()  # open_clip_train's layout
+
+
+def check_separator(separator: str, name: str) -> None:
+    """A CSV separator is one character, and not one that CSV quoting or line ends use."""
+    if len(separator) != 1 or separator in '\r\n"':
+        raise UsageError(
+            f"{name} must be one character, not a quote or a line break, got {separator!r} "
+            "(for a tab, leave the default or type $'\\t' in bash)"
+        )

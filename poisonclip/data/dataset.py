@@ -203,13 +203,11 @@ def read_csv_dataset(
     """
     csv_path = Path(csv_path)
     rows = read_csv_rows(csv_path, sep)
+    check_columns(
+        rows, (image_column, caption_column) if captions_required else (image_column,), csv_path, sep
+    )
+    has_captions = bool(rows) and caption_column in rows[0]
     fieldnames = rows[0].keys() if rows else []
-    has_captions = caption_column in fieldnames
-    for column in (image_column, caption_column) if captions_required else (image_column,):
-        if rows and column not in fieldnames:
-            raise UsageError(
-                f"{csv_path}: no column {column!r} (columns: {', '.join(fieldnames)}; separator {sep!r})"
-            )
     has_labels = label_column is not None and label_column in fieldnames
     decoded, skipped = DecodedSamples(), []
     for row in progress_bar(rows, desc=f"reading {csv_path.name}", unit="img", disable=not progress):
@@ -244,6 +242,15 @@ def read_csv_rows(csv_path: Path, sep: str = CSV_SEPARATOR) -> list[dict[str, st
             return list(csv.DictReader(f, delimiter=sep))
     except UnicodeDecodeError as err:
         raise UsageError(f"{csv_path}: not UTF-8 text ({err}); re-save it as UTF-8") from err
+
+
+def check_columns(rows: Sequence[dict[str, str]], columns: Sequence[str], source: object, sep: str) -> None:
+    """Every column in ``columns`` is one of the CSV's (rows as ``read_csv_rows`` gives them)."""
+    for column in columns:
+        if rows and column not in rows[0]:
+            raise UsageError(
+                f"{source}: no column {column!r} (columns: {', '.join(rows[0])}; separator {sep!r})"
+            )
 
 
 def resolve_labels(

@@ -12,21 +12,44 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from poisonclip.data.csv_format import CAPTION_COLUMN, CSV_SEPARATOR, IMAGE_COLUMN, LABEL_COLUMN, CsvFormat
-from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_rows, resolve_labels
+from poisonclip.data.csv_format import (
+    CAPTION_COLUMN,
+    CSV_SEPARATOR,
+    IMAGE_COLUMN,
+    LABEL_COLUMN,
+    CsvFormat,
+    check_separator,
+)
+from poisonclip.data.dataset import (
+    ImageTextDataset,
+    check_columns,
+    read_classnames,
+    read_csv_rows,
+    resolve_labels,
+)
 from poisonclip.data.prompts import check_templates
 from poisonclip.data.reading import read_data, read_test_set
+from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
+
+COMPUTED = "computed"  # field metadata key: taken from the files (``fingerprinted``), never given
+
+
+def _computed(default: object) -> Any:
+    return field(default=default, metadata={COMPUTED: True})
 
 
 @dataclass(frozen=True)
 class DataFiles:
     """The keys of ``[data]`` for a user's own data (paths relative to the directory the sweep runs
-    in). Both CSVs have open_clip_train's layout (``CsvFormat``); the test CSV needs a label column
-    and no captions. ``fingerprint`` is computed (``fingerprinted``), never given."""
+    in, as written: ``./x.csv`` and ``x.csv`` are two keys). Both CSVs have open_clip_train's layout
+    (``CsvFormat``); the test CSV needs a label column and no captions. The computed fields are read
+    from the files by ``fingerprinted`` and stored with every result (``data.num_train`` is the
+    synthetic data's key too, so the data-size figures draw either)."""
 
     train: str  # image–caption pairs; a label column is ignored, as by `poisonclip train`
     test: str  # labelled images: class names, or indices named by ``classnames_file``
@@ -37,11 +60,14 @@ class DataFiles:
     image_column: str = IMAGE_COLUMN
     caption_column: str = CAPTION_COLUMN
     label_column: str = LABEL_COLUMN
-    fingerprint: str = ""
+    num_train: int = _computed(0)  # pairs with a caption (an unreadable image shows when decoded)
+    num_test: int = _computed(0)
+    fingerprint: str = _computed("")
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise UsageError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        check_separator(self.separator, "separator")
         check_templates("templates", self.templates)
 
     @property
@@ -49,40 +75,37 @@ class DataFiles:
         return CsvFormat(self.separator, self.image_column, self.caption_column, self.label_column)
 
     @property
-    def num_train(self) -> int:
-        """Training pairs with a caption (an unreadable image is only found when decoding)."""
-        return self._summary().num_train
-
-    @property
-    def num_test(self) -> int:
-        return self._summary().num_test
-
-    @property
     def classnames(self) -> tuple[str, ...]:
         return self._summary().classnames
 
     def fingerprinted(self) -> DataFiles:
-        """This config with the fingerprint of the files as they are now."""
-        return dataclasses.replace(self, fingerprint=self._summary().fingerprint)
+        """This config with the computed fields of the files as they are now."""
+        summary = self._summary()
+        return dataclasses.replace(
+            self, num_train=summary.num_train, num_test=summary.num_test, fingerprint=summary.fingerprint
+        )
 
     def _summary(self) -> _Summary:
-        # one cache entry with or without the fingerprint, and a new one when a file changes
-        stamps = tuple(
-            (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in _files(self)
-        )
-        return _summary(dataclasses.replace(self, fingerprint=""), stamps)
+        # one cache entry with or without the computed fields, and a new one when a file changes
+        stamps = tuple((s.st_size, s.st_mtime_ns) for s in (p.stat() for p in _files(self) if p.is_file()))
+        given = {f.name: f.default for f in dataclasses.fields(self) if f.metadata.get(COMPUTED)}
+        return _summary(dataclasses.replace(self, **given), stamps)
 
     def check_unchanged(self) -> None:
-        """Refuse files that changed since the fingerprint was taken (the sweep was planned)."""
-        if (now := _files_fingerprint(self)) != self.fingerprint:
+        """Refuse files that changed since ``fingerprinted`` read them (the sweep was planned)."""
+        if not self.fingerprint:
+            raise ValueError("DataFiles.check_unchanged needs a fingerprinted config")
+        if _files_fingerprint(self) != self.fingerprint:
             raise UsageError(
-                f"{self.train}, {self.test} or {self.classnames_file or 'no class-name file'}: the files "
-                f"changed since the sweep was planned (fingerprint {self.fingerprint} → {now}); run it again"
+                f"{', '.join(map(str, _files(self)))}: changed since the sweep was planned (the results "
+                "would not be those of the files its keys name); run the sweep again"
             )
 
 
 @dataclass(frozen=True)
 class _Summary:
+    """What ``fingerprinted`` and the grid's checks read from the files."""
+
     num_train: int
     num_test: int
     classnames: tuple[str, ...]
@@ -102,27 +125,27 @@ def _files_fingerprint(config: DataFiles) -> str:
 
 
 @functools.cache
-def _summary(config: DataFiles, stamps: tuple) -> _Summary:
+def _summary(config: DataFiles, stamps: tuple[tuple[int, int], ...]) -> _Summary:
     """Counts and class names from the CSV cells alone (no image is decoded); cached per config and
     the files' sizes and modification times (``stamps``), so a grid of many cells reads them once."""
     train_rows = read_csv_rows(Path(config.train), config.separator)
     test_rows = read_csv_rows(Path(config.test), config.separator)
-    for rows, path, columns in (
-        (train_rows, config.train, (config.image_column, config.caption_column)),
-        (test_rows, config.test, (config.image_column, config.label_column)),
-    ):
+    for rows, path in ((train_rows, config.train), (test_rows, config.test)):
         if not rows:
             raise UsageError(f"{path}: no rows")
-        if missing := [c for c in columns if c not in rows[0]]:
-            raise UsageError(
-                f"{path}: no column {missing[0]!r} (columns: {', '.join(rows[0])}; separator "
-                f"{config.separator!r})"
-            )
+    check_columns(train_rows, (config.image_column, config.caption_column), config.train, config.separator)
+    check_columns(test_rows, (config.image_column, config.label_column), config.test, config.separator)
     names = read_classnames(config.classnames_file) if config.classnames_file else None
     source = config.classnames_file or "the class names"
     keys = [row[config.image_column] for row in test_rows]
-    cells = [row[config.label_column] for row in test_rows]
-    _, names = resolve_labels(cells, keys, config.test, names, source)
+    labels, names = resolve_labels(
+        [row[config.label_column] for row in test_rows], keys, config.test, names, source
+    )
+    if (labels < 0).all():
+        raise UsageError(
+            f"{config.test}: column {config.label_column!r} is empty: every test image needs a label "
+            "([data] label_column names the column)"
+        )
     if names is None:
         raise UsageError(
             f"{config.test}: its labels are class indices: name them with [data] classnames_file "
@@ -153,3 +176,6 @@ def load_files(
             f"the {len(config.classnames)} its labels name; fix or drop those rows"
         )
     return train, test, classnames
+
+
+DataConfig = SyntheticConfig | DataFiles  # a sweep's [data]: generated, or a user's own files

@@ -30,7 +30,6 @@ import torch
 from poisonclip.attacks.backdoor import fit_trigger, make_backdoor
 from poisonclip.attacks.triggers import Trigger, build_trigger, parameter_names
 from poisonclip.attacks.triggers.base import parameters
-from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import check_templates
 from poisonclip.errors import UsageError
@@ -45,6 +44,7 @@ from poisonclip.train.loop import TrainStats
 from poisonclip.train.model import tokenizer_for
 
 if TYPE_CHECKING:
+    from poisonclip.data.files import DataConfig
     from poisonclip.experiments.grid import Trial
     from poisonclip.train.config import TrainConfig
 

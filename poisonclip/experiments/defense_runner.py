@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from poisonclip.attacks.targeted_spec import TargetedOptions
-from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.defend import DefenseContext, apply_defense, parse_defense
 from poisonclip.defend.output import flagged_summary
@@ -57,6 +56,7 @@ from poisonclip.train.fit import train_model
 from poisonclip.train.model import get_model_config, tokenizer_for
 
 if TYPE_CHECKING:
+    from poisonclip.data.files import DataConfig
     from poisonclip.experiments.grid import Trial
 
 METHODS_REVISION = 2  # 2: the defenses and detectors as their authors' code runs them (issue 16)

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poisonclip.data.cache import DataConfig
-from poisonclip.data.files import DataFiles
+from poisonclip.data.files import COMPUTED, DataConfig, DataFiles
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.runners import get_runner
@@ -90,7 +89,9 @@ class Cell:
     @property
     def train_key(self) -> str:
         """Equal for cells whose models are trained identically (they differ in evaluation only)."""
-        return config_hash({**self.to_dict(), "params": self.params.training_params()})
+        config = self.to_dict()
+        config["data"].pop("templates", None)  # a user's data's prompts: evaluation only
+        return config_hash({**config, "params": self.params.training_params()})
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,7 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
         raise UsageError(f"{where}: [train] {err}") from err
 
     data_table = _table(document, "data", where)
-    data_cls = DataFiles if {"train", "test"} & set(data_table) else SyntheticConfig
-    if data_cls is DataFiles:
-        if missing := [k for k in ("train", "test", "image_size") if k not in data_table]:
-            raise UsageError(f"{where}: [data] names your own files but not {', '.join(missing)}")
-        if "fingerprint" in data_table:
-            raise UsageError(f"{where}: [data] fingerprint is computed from the files, not given")
+    data_cls = _data_class(data_table, where)
     sections = (
         ("data", data_cls, data_table),
         ("train", TrainConfig, train_table),
@@ -219,9 +215,33 @@ def parse_sweep(document: Mapping[str, Any], default_name: str, source: str = ""
     )
 
 
+def _data_class(table: Mapping[str, Any], where: str) -> type[SyntheticConfig] | type[DataFiles]:
+    """``[data]`` is a user's files (``DataFiles``) if it has a key only they have, else the
+    synthetic data's config; either way an unknown key is an error that names both key sets."""
+    synthetic = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    computed = {f.name for f in dataclasses.fields(DataFiles) if f.metadata.get(COMPUTED)}
+    files = {f.name for f in dataclasses.fields(DataFiles)} - computed
+    if unknown := sorted(set(table) - synthetic - files - computed):
+        raise UsageError(
+            f"{where}: [data] unknown keys {unknown}; the synthetic data's: {sorted(synthetic)}; "
+            f"your own files': {sorted(files)}"
+        )
+    if not set(table) & ((files | computed) - synthetic):  # num_train and image_size: both kinds' keys
+        return SyntheticConfig
+    if given := sorted(set(table) & computed):
+        raise UsageError(f"{where}: [data] {', '.join(given)}: computed from the files, not given")
+    if missing := [k for k in ("train", "test", "image_size") if k not in table]:
+        raise UsageError(f"{where}: [data] names your own files but not {', '.join(missing)}")
+    if mixed := sorted(set(table) & (synthetic - files)):
+        raise UsageError(
+            f"{where}: [data] {', '.join(mixed)}: a key of the synthetic data, not of your files"
+        )
+    return DataFiles
+
+
 def _make_cell(
     attack: str,
-    data_cls: type,
+    data_cls: type[SyntheticConfig] | type[DataFiles],
     params_cls: type,
     base_train: TrainConfig,
     chosen: dict[str, dict],

@@ -19,8 +19,8 @@ from poisonclip.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-    from poisonclip.data.cache import DataConfig
     from poisonclip.data.dataset import ImageTextDataset
+    from poisonclip.data.files import DataConfig
     from poisonclip.train.config import TrainConfig
 
 

@@ -94,8 +94,16 @@ class ResultRow:
     finished_at: str
 
     def get(self, key: str) -> Any:
-        """A cell field, else a metric."""
-        return self.cell[key] if key in self.cell else self.metrics[key]
+        """A cell field, else a metric; ``None`` for a data field another kind of data has (a user's
+        files have no ``data.seed``, the synthetic data no ``data.train``), as one figure may draw both."""
+        if key in self.cell:
+            return self.cell[key]
+        return None if key.startswith("data.") else self.metrics[key]
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the row's model trained on the synthetic data (not on a user's files)."""
+        return "data.fingerprint" not in self.cell
 
 
 # How long another host's claim is trusted: long enough for any sweep trial, short enough that a

@@ -26,7 +26,6 @@ import torch
 from poisonclip.attacks.poison_set import PoisonSet
 from poisonclip.attacks.targeted import Target, choose_targets, make_targeted_many
 from poisonclip.attacks.targeted_spec import TargetedOptions
-from poisonclip.data.cache import DataConfig
 from poisonclip.data.dataset import ImageTextDataset
 from poisonclip.data.prompts import check_templates
 from poisonclip.errors import UsageError
@@ -41,6 +40,7 @@ from poisonclip.train.loop import TrainStats
 from poisonclip.train.model import tokenizer_for
 
 if TYPE_CHECKING:
+    from poisonclip.data.files import DataConfig
     from poisonclip.experiments.grid import Trial
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from poisonclip.report.figure_registry import FigureSpec, register_figure
+from poisonclip.report.formatting import TRAINING_DATA_KEYS
 from poisonclip.report.line_plot import ASR_CHANCE, Z_CHANCE, LinePlot
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ register_figure(
             "poison rate",
             "attack success rate",
             series=("data.num_train",),
-            explained=("poison_count",),
+            explained=("poison_count", *TRAINING_DATA_KEYS),
             log_x=True,
         ),  # fmt: skip
     )
@@ -60,6 +61,7 @@ register_figure(
             "clean training pairs",
             "backdoor z-score",
             series=("poison_count",),
+            explained=TRAINING_DATA_KEYS,
             log_x=True,
             tick=_pairs_tick,
         ),  # fmt: skip
