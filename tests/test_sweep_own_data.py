@@ -3,11 +3,13 @@
 import json
 import shutil
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from poisonclip.cli import main
 from poisonclip.data.cache import data_dir
+from poisonclip.data.files import load_files
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import parse_sweep
@@ -182,3 +184,31 @@ def test_several_training_csvs_are_one_line_against_their_size(synthetic_root, t
     table = get_figure("fig5_left").render(store.rows(["sizes"]), tmp_path / "f.png")
     assert table.columns[:2] == ("poisons", "clean pairs")  # no series per file: x is their size
     assert [row[1] for row in table.rows] == ["150", "300"]
+
+
+def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
+    root, _ = synthetic_root
+    names = (root / "classnames.txt").read_text().splitlines()
+    folder = tmp_path / "val"
+    _, *rows = (root / "test.csv").read_text().splitlines()
+    for row in rows:
+        path, _, label = row.split("\t")
+        (folder / names[int(label)]).mkdir(parents=True, exist_ok=True)
+        (folder / names[int(label)] / Path(path).name).symlink_to(root / path)
+    folder_table = files_table(root, test=str(folder), classnames_file="")  # names: the directories'
+    with pytest.raises(UsageError, match="in another order than theirs"):  # the file: in shape order
+        parse_sweep(tomllib.loads(files_table(root, test=str(folder)) + GRID), "own")
+    [cell] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
+    data = cell.data
+    assert data.num_test == 120 and list(data.classnames) == sorted(names)  # directory order
+    _, test, classnames = load_files(data)
+    _, csv_test, csv_names = load_files(
+        parse_sweep(tomllib.loads(files_table(root) + GRID), "own").cells[0].data
+    )
+    by_name = sorted(classnames[y] for y in test.labels.tolist())
+    assert by_name == sorted(csv_names[y] for y in csv_test.labels.tolist())
+    (folder / names[0] / "extra.png").symlink_to(root / rows[0].split("\t")[0])  # one image more
+    with pytest.raises(UsageError, match="changed since the sweep was planned"):
+        data.check_unchanged()
+    [again] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
+    assert again.data.num_test == 121 and again.key != cell.key

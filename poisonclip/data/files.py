@@ -31,6 +31,7 @@ from poisonclip.data.dataset import (
     read_csv_rows,
     resolve_labels,
 )
+from poisonclip.data.imagefolder import class_directories, imagefolder_files, resolve_classnames
 from poisonclip.data.prompts import check_templates
 from poisonclip.data.reading import read_data, read_test_set
 from poisonclip.data.synthetic import SyntheticConfig
@@ -47,14 +48,17 @@ def _computed(default: object) -> Any:
 class DataFiles:
     """The keys of ``[data]`` for a user's own data (paths relative to the directory the sweep runs
     in, as written: ``./x.csv`` and ``x.csv`` are two keys). Both CSVs have open_clip_train's layout
-    (``CsvFormat``); the test CSV needs a label column and no captions. The computed fields are read
+    (``CsvFormat``); the test CSV needs a label column and no captions. The test set may instead be an
+    ImageFolder directory (``ROOT/CLASS/*.jpg``, as ``evaluate --imagefolder``). The computed fields are read
     from the files by ``fingerprinted`` and stored with every result (``data.num_train`` is the
     synthetic data's key too, so the data-size figures draw either)."""
 
     train: str  # image–caption pairs; a label column is ignored, as by `poisonclip train`
-    test: str  # labelled images: class names, or indices named by ``classnames_file``
+    test: str  # labelled images (labels: names, or indices named by ``classnames_file``), or a folder
     image_size: int  # the model's input: images are resized and centre-cropped to it
-    classnames_file: str = ""  # one class name per line, in label order; "": the labels' sorted names
+    # one class name per line, in label order; "": the labels' sorted names (a folder's directory
+    # names; "imagenet": open_clip's ImageNet names for WordNet-id directories)
+    classnames_file: str = ""
     templates: str = "openai"  # zero-shot prompts: a set name or a templates file (one `{}` a line)
     separator: str = CSV_SEPARATOR
     image_column: str = IMAGE_COLUMN
@@ -87,7 +91,9 @@ class DataFiles:
 
     def _summary(self) -> _Summary:
         # one cache entry with or without the computed fields, and a new one when a file changes
-        stamps = tuple((s.st_size, s.st_mtime_ns) for s in (p.stat() for p in _files(self) if p.is_file()))
+        stamps = tuple(
+            (s.st_size, s.st_mtime_ns) for s in (p.stat() for p in _files(self) if p.is_file())
+        ) + tuple(_folder_listing(p) for p in _files(self) if p.is_dir())
         given = {f.name: f.default for f in dataclasses.fields(self) if f.metadata.get(COMPUTED)}
         return _summary(dataclasses.replace(self, **given), stamps)
 
@@ -113,34 +119,41 @@ class _Summary:
 
 
 def _files(config: DataFiles) -> list[Path]:
-    return [Path(p) for p in (config.train, config.test, config.classnames_file) if p]
+    """What the data is read from ("imagenet" names no file)."""
+    return [Path(p) for p in (config.train, config.test, config.classnames_file) if p and p != "imagenet"]
+
+
+def _folder_listing(root: Path) -> bytes:
+    """An ImageFolder's identity: every image's path and size (hashing 50,000 JPEGs would take long)."""
+    return "".join(
+        f"{p.relative_to(root)}\t{p.stat().st_size}\n" for p, _, _ in imagefolder_files(root)
+    ).encode()
 
 
 def _files_fingerprint(config: DataFiles) -> str:
     digest = hashlib.sha256()
     for path in _files(config):
-        digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(
+            path.read_bytes() if path.is_file() else _folder_listing(path) if path.is_dir() else b""
+        )
         digest.update(b"\0")  # file boundaries: moving a line between files changes the digest
     return digest.hexdigest()[:16]
 
 
-@functools.cache
-def _summary(config: DataFiles, stamps: tuple[tuple[int, int], ...]) -> _Summary:
-    """Counts and class names from the CSV cells alone (no image is decoded); cached per config and
-    the files' sizes and modification times (``stamps``), so a grid of many cells reads them once."""
-    train_rows = read_csv_rows(Path(config.train), config.separator)
-    test_rows = read_csv_rows(Path(config.test), config.separator)
-    for rows, path in ((train_rows, config.train), (test_rows, config.test)):
-        if not rows:
-            raise UsageError(f"{path}: no rows")
-    check_columns(train_rows, (config.image_column, config.caption_column), config.train, config.separator)
-    check_columns(test_rows, (config.image_column, config.label_column), config.test, config.separator)
+def _test_classes(config: DataFiles) -> tuple[int, list[str]]:
+    """(number of test images, class names in label order) from the CSV's cells or the folder's
+    listing, no image decoded."""
+    if Path(config.test).is_dir():
+        names = resolve_classnames(config.classnames_file or None, class_directories(config.test))
+        return len(imagefolder_files(config.test)), names
+    rows = read_csv_rows(Path(config.test), config.separator)
+    if not rows:
+        raise UsageError(f"{config.test}: no rows")
+    check_columns(rows, (config.image_column, config.label_column), config.test, config.separator)
     names = read_classnames(config.classnames_file) if config.classnames_file else None
     source = config.classnames_file or "the class names"
-    keys = [row[config.image_column] for row in test_rows]
-    labels, names = resolve_labels(
-        [row[config.label_column] for row in test_rows], keys, config.test, names, source
-    )
+    keys, cells = [row[config.image_column] for row in rows], [row[config.label_column] for row in rows]
+    labels, names = resolve_labels(cells, keys, config.test, names, source)
     if (labels < 0).all():
         raise UsageError(
             f"{config.test}: column {config.label_column!r} is empty: every test image needs a label "
@@ -151,10 +164,23 @@ def _summary(config: DataFiles, stamps: tuple[tuple[int, int], ...]) -> _Summary
             f"{config.test}: its labels are class indices: name them with [data] classnames_file "
             "(one name per line, in label order)"
         )
+    return len(rows), names
+
+
+@functools.cache
+def _summary(config: DataFiles, stamps: tuple[tuple[int, int], ...]) -> _Summary:
+    """Counts and class names from the CSV cells and folder listings alone (no image is decoded);
+    cached per config and the files' sizes and modification times or the folders' listings
+    (``stamps``), so a grid of many cells reads them once."""
+    rows = read_csv_rows(Path(config.train), config.separator)
+    if not rows:
+        raise UsageError(f"{config.train}: no rows")
+    check_columns(rows, (config.image_column, config.caption_column), config.train, config.separator)
+    num_test, classnames = _test_classes(config)
     return _Summary(
-        num_train=sum(bool((row[config.caption_column] or "").strip()) for row in train_rows),
-        num_test=len(test_rows),
-        classnames=tuple(names),
+        num_train=sum(bool((row[config.caption_column] or "").strip()) for row in rows),
+        num_test=num_test,
+        classnames=tuple(classnames),
         fingerprint=_files_fingerprint(config),
     )
 
@@ -166,9 +192,10 @@ def load_files(
     fingerprint was taken of, and the decoded test set must still hold every class."""
     config.check_unchanged()
     train = read_data(config.train, config.image_size, config.csv, progress=progress)
+    folder = Path(config.test).is_dir()
     test, classnames = read_test_set(
-        config.image_size, test=config.test, classnames=config.classnames_file or None, csv=config.csv,
-        progress=progress,
+        config.image_size, test=None if folder else config.test, imagefolder=config.test if folder else None,
+        classnames=config.classnames_file or None, csv=config.csv, progress=progress,
     )  # fmt: skip
     if tuple(classnames) != config.classnames:  # every image of a class unreadable
         raise UsageError(

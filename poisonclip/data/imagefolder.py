@@ -45,7 +45,24 @@ def resolve_classnames(spec: str | None, directories: list[str]) -> list[str]:
         names = read_classnames(spec)
     if len(names) != len(directories):
         raise UsageError(f"{len(names)} class names ({spec}) for {len(directories)} class directories")
+    as_names = [d.replace("_", " ") for d in directories]
+    if set(names) == set(as_names) and names != as_names:  # would label every class by another's name
+        raise UsageError(
+            f"{spec} names the class directories in another order than theirs: labels follow the "
+            f"sorted directories ({directories[0]}, {directories[1]}, ...); list the names in that order"
+        )
     return names
+
+
+def imagefolder_files(root: str | Path, max_per_class: int | None = None) -> list[tuple[Path, int, str]]:
+    """(path, label, class directory) of every image under ``root``, in the order they are read:
+    classes sorted, files sorted within one, the first ``max_per_class`` of each."""
+    root = Path(root)
+    files = []
+    for label, directory in enumerate(class_directories(root)):
+        paths = sorted(p for p in (root / directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += [(p, label, directory) for p in paths[:max_per_class]]
+    return files
 
 
 def read_imagefolder(
@@ -62,10 +79,7 @@ def read_imagefolder(
     images are skipped and listed in ``skipped``.
     """
     root = Path(root)
-    files = []
-    for label, directory in enumerate(class_directories(root)):
-        paths = sorted(p for p in (root / directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += [(p, label, directory) for p in paths[:max_per_class]]
+    files = imagefolder_files(root, max_per_class)
     keys, arrays, captions, labels, skipped = [], [], [], [], []
     for path, label, directory in progress_bar(
         files, desc=f"reading {root.name}", unit="img", disable=not progress
