@@ -77,6 +77,12 @@ def test_a_sweep_on_the_same_data_as_files_measures_exactly_what_the_synthetic_s
     rows_both, rows_toy = figure_rows(ResultStore(db, read_only=True)), figure_rows(ResultStore(synthetic_db))
     assert len(rows_both("fig2_right")) == 2
     assert paper_vs_toy(rows_both) == paper_vs_toy(rows_toy)
+    # A database of a user's data alone has no paper-vs-toy table to show.
+    own_db = tmp_path / "own.sqlite"
+    run(write(tmp_path, FIGURES + files_table(root) + GRID, "own.toml"), own_db)
+    assert main(["report", str(own_db), "--out", str(tmp_path / "own-report")]) == 0
+    assert not (tmp_path / "own-report" / "paper_vs_toy.csv").exists()
+    assert "The paper vs the toy" not in (tmp_path / "own-report" / "report.md").read_text()
 
 
 def test_eval_templates_default_to_the_datas_prompts(synthetic_root):

@@ -62,9 +62,11 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
     out_dir = Path(out_dir)
     sweeps = store.sweeps()
     rows_for = figure_rows(store)
-    findings = paper_vs_toy(rows_for)
-    write_text_atomic(out_dir / "paper_vs_toy.csv", to_csv(findings))
-    sections = [Section("The paper vs the toy", FINDINGS_TEXT, findings)]
+    sections = []
+    if any(r.synthetic for r in store.rows()):  # the toy's findings; not for a database of your data alone
+        findings = paper_vs_toy(rows_for)
+        write_text_atomic(out_dir / "paper_vs_toy.csv", to_csv(findings))
+        sections.append(Section("The paper vs the toy", FINDINGS_TEXT, findings))
     figures, missing = [], []
     for name in list_figures():
         spec = get_figure(name)
