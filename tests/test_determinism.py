@@ -12,8 +12,9 @@ def test_same_seed_gives_identical_poisons_and_metrics(small_train, small_test):
         poisons = make_backdoor(small_train, "star", 10, trigger, seed=4)
         data = ImageTextDataset.concat([small_train, poisons.samples])
         metrics, _ = train_and_evaluate_backdoor(
-            data, small_test, list(SMALL.classnames), load_preset("tiny"), "star", trigger, progress=False
-        )
+            data, small_test, list(SMALL.classnames), load_preset("tiny"), "star", trigger, progress=False,
+            templates="synthetic",
+        )  # fmt: skip
         return poisons.manifest, {k: v for k, v in metrics.items() if "second" not in k}  # timings differ
 
     manifest_a, metrics_a = run()

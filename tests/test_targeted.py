@@ -182,7 +182,9 @@ def test_targeted_trial_runs_end_to_end(small_train, small_test):
     poisoning = poison_targets(
         small_train, small_test, CLASSNAMES, num_targets=3, poisons_per_target=2, seed=1
     )
-    metrics, evaluation = train_and_evaluate_targeted(poisoning, small_test, CLASSNAMES, tiny, progress=False)
+    metrics, evaluation = train_and_evaluate_targeted(
+        poisoning, small_test, CLASSNAMES, tiny, "synthetic", progress=False
+    )
     assert metrics["poison_count"] == 6 and metrics["poison_rate"] == pytest.approx(6 / 406)
     for key in (
         "zero_shot_success_rate",
@@ -208,7 +210,9 @@ def test_targeted_trial_runs_end_to_end(small_train, small_test):
     assert [t.key for t in clean.targets] == [r["target_key"] for r in evaluation.per_target]
     assert all(small_test.keys[t.index] == t.key for t in clean.targets)  # rows of the whole split
     model, model_config, stats = train_model(clean.dataset, tiny, progress=False)
-    clean_metrics, _ = evaluate_trained_targeted(model, model_config, stats, clean, small_test, CLASSNAMES)
+    clean_metrics, _ = evaluate_trained_targeted(
+        model, model_config, stats, clean, small_test, CLASSNAMES, "synthetic"
+    )
     assert clean_metrics["poison_count"] == 0 and clean_metrics["min_psnr_db"] is None
 
     text = evaluate_text_targets(

@@ -85,6 +85,7 @@ def _run_demo(config: DemoConfig, out_dir: Path, progress: bool) -> dict:
                 "config": config.train,
                 "target_label": config.target_label,
                 "trigger": trigger,
+                "templates": "synthetic",  # the shapes' prompts: the demo's data is the synthetic set
                 "checkpoint_dir": out_dir / "checkpoints" / name,
                 "progress": progress and i == 0,
             }

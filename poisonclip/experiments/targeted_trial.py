@@ -97,7 +97,7 @@ def evaluate_trained_targeted(
     poisoning: TargetedPoisoning,
     heldout: ImageTextDataset,
     classnames: Sequence[str],
-    eval_templates: str = "synthetic",
+    eval_templates: str,
 ) -> tuple[dict, TargetedEvaluation]:
     """Score every target of ``poisoning`` on a model from ``train_model``.
 
@@ -122,7 +122,7 @@ def train_and_evaluate_targeted(
     heldout: ImageTextDataset,
     classnames: Sequence[str],
     config: TrainConfig,
-    eval_templates: str = "synthetic",
+    eval_templates: str,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[dict, TargetedEvaluation]:

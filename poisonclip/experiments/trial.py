@@ -25,11 +25,14 @@ def train_and_evaluate_backdoor(
     trigger: Trigger,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    *,
+    templates: str,
 ) -> tuple[dict, BackdoorEvaluation]:
-    """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation with ``trigger``)."""
+    """Train on ``dataset`` (clean or poisoned) and return (flat metrics, evaluation with ``trigger``
+    and the zero-shot prompts ``templates``: a set name or a templates file)."""
     model, model_config, stats = train_model(dataset, config, checkpoint_dir, progress)
     return evaluate_trained_backdoor(
-        model, model_config, stats, test, classnames, target_label, trigger, config.seed
+        model, model_config, stats, test, classnames, target_label, trigger, config.seed, templates
     )
 
 
@@ -42,7 +45,7 @@ def evaluate_trained_backdoor(
     target_label: str,
     trigger: Trigger,
     seed: int,
-    templates: str = "synthetic",
+    templates: str,
 ) -> tuple[dict, BackdoorEvaluation]:
     """Evaluate a model from ``train_model``: (flat metrics incl. training stats, evaluation).
 
