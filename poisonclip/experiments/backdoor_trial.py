@@ -156,7 +156,9 @@ def check_backdoor(params: Any, data: DataConfig) -> None:
     params.trigger_spec().check_image_size(data.image_size)
     if params.target_label not in data.classnames:
         shown = ", ".join(data.classnames[:8]) + (", ..." if len(data.classnames) > 8 else "")
-        raise UsageError(f"target_label {params.target_label!r} is not a class of the data ({shown})")
+        raise UsageError(
+            f"target_label {params.target_label!r} is not a class of the data ({shown}): name one of them"
+        )
 
 
 @register_matrix_attack(
