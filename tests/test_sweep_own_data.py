@@ -11,6 +11,7 @@ from poisonclip.cli import main
 from poisonclip.data.cache import data_dir
 from poisonclip.data.files import load_files
 from poisonclip.data.synthetic import SyntheticConfig
+from poisonclip.data.wds import csv_to_shards
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import parse_sweep
 from poisonclip.experiments.runners import CellResult
@@ -218,3 +219,19 @@ def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
         data.check_unchanged()
     [again] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
     assert again.data.num_test == 121 and again.key != cell.key
+
+
+def test_the_training_set_may_be_shards(synthetic_root, tmp_path):
+    root, synthetic_db = synthetic_root
+    shards = csv_to_shards(root / "train.csv", tmp_path / "shards", samples_per_shard=100)
+    db = tmp_path / "shards.sqlite"
+    run(write(tmp_path, files_table(root, train=shards.url, templates="synthetic") + GRID, "s.toml"), db)
+    [ours] = ResultStore(db, read_only=True).rows()
+    [theirs] = ResultStore(synthetic_db, read_only=True).rows()
+    assert ours.cell["data.num_train"] == 300
+    for metric in ("asr", "zscore", "natural_rate", "zero_shot_acc", "probe_acc"):
+        assert ours.metrics[metric] == theirs.metrics[metric], metric  # the same pairs, in the same order
+    [cell] = parse_sweep(tomllib.loads(files_table(root, train=shards.url) + GRID), "own").cells
+    (tmp_path / "shards" / "00002.tar").unlink()  # a shard gone
+    [fewer] = parse_sweep(tomllib.loads(files_table(root, train=shards.url) + GRID), "own").cells
+    assert fewer.data.num_train == 200 and fewer.key != cell.key

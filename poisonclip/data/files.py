@@ -1,10 +1,12 @@
-"""A user's own data as a sweep's ``[data]``: a training CSV and a labelled test CSV, named by path.
+"""A user's own data as a sweep's ``[data]``: a training set (a CSV or img2dataset shards) and a
+labelled test set (a CSV or an ImageFolder), named by path.
 
 The synthetic data is generated from its config; a user's data is identified by its files. A result
-key holds the paths as written and ``fingerprint``, the SHA-256 of the bytes of the two CSVs and the
-class-name file, so an edited CSV is a new configuration instead of a silent match of stored results.
-The images a CSV names are not hashed (an image replaced in place keeps the key), nor is a templates
-file (as everywhere in sweeps: give changed prompts a new name).
+key holds the paths as written and ``fingerprint``: the SHA-256 of the bytes of the CSVs and the
+class-name file, and of the listing (names and sizes) of a shard set or ImageFolder, so an edited
+file is a new configuration instead of a silent match of stored results. The images a CSV names are
+not hashed (an image replaced in place keeps the key), nor is a templates file (as everywhere in
+sweeps: give changed prompts a new name).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from poisonclip.data.dataset import (
 from poisonclip.data.imagefolder import class_directories, imagefolder_files, resolve_classnames
 from poisonclip.data.prompts import check_templates
 from poisonclip.data.reading import read_data, read_test_set
+from poisonclip.data.shard_urls import expand_urls, is_shard_url
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 
@@ -53,7 +56,7 @@ class DataFiles:
     from the files by ``fingerprinted`` and stored with every result (``data.num_train`` is the
     synthetic data's key too, so the data-size figures draw either)."""
 
-    train: str  # image–caption pairs; a label column is ignored, as by `poisonclip train`
+    train: str  # image–caption pairs (a CSV or shards); a label column is ignored, as by `train`
     test: str  # labelled images (labels: names, or indices named by ``classnames_file``), or a folder
     image_size: int  # the model's input: images are resized and centre-cropped to it
     # one class name per line, in label order; "": the labels' sorted names (a folder's directory
@@ -64,7 +67,7 @@ class DataFiles:
     image_column: str = IMAGE_COLUMN
     caption_column: str = CAPTION_COLUMN
     label_column: str = LABEL_COLUMN
-    num_train: int = _computed(0)  # pairs with a caption (an unreadable image shows when decoded)
+    num_train: int = _computed(0)  # pairs with a caption
     num_test: int = _computed(0)
     fingerprint: str = _computed("")
 
@@ -91,9 +94,7 @@ class DataFiles:
 
     def _summary(self) -> _Summary:
         # one cache entry with or without the computed fields, and a new one when a file changes
-        stamps = tuple(
-            (s.st_size, s.st_mtime_ns) for s in (p.stat() for p in _files(self) if p.is_file())
-        ) + tuple(_folder_listing(p) for p in _files(self) if p.is_dir())
+        stamps = tuple(_stamp(source) for source in _sources(self))
         given = {f.name: f.default for f in dataclasses.fields(self) if f.metadata.get(COMPUTED)}
         return _summary(dataclasses.replace(self, **given), stamps)
 
@@ -103,7 +104,7 @@ class DataFiles:
             raise ValueError("DataFiles.check_unchanged needs a fingerprinted config")
         if _files_fingerprint(self) != self.fingerprint:
             raise UsageError(
-                f"{', '.join(map(str, _files(self)))}: changed since the sweep was planned (the results "
+                f"{', '.join(_sources(self))}: changed since the sweep was planned (the results "
                 "would not be those of the files its keys name); run the sweep again"
             )
 
@@ -118,26 +119,53 @@ class _Summary:
     fingerprint: str
 
 
-def _files(config: DataFiles) -> list[Path]:
+def _sources(config: DataFiles) -> list[str]:
     """What the data is read from ("imagenet" names no file)."""
-    return [Path(p) for p in (config.train, config.test, config.classnames_file) if p and p != "imagenet"]
+    return [s for s in (config.train, config.test, config.classnames_file) if s and s != "imagenet"]
 
 
-def _folder_listing(root: Path) -> bytes:
-    """An ImageFolder's identity: every image's path and size (hashing 50,000 JPEGs would take long)."""
-    return "".join(
-        f"{p.relative_to(root)}\t{p.stat().st_size}\n" for p, _, _ in imagefolder_files(root)
-    ).encode()
+def _identity(source: str) -> bytes:
+    """A file's bytes; for an ImageFolder or a shard set (whose images would take long to hash),
+    the listing of every image or shard file with its size."""
+    if is_shard_url(source):
+        shards = [Path(url) for url in expand_urls(source)]
+        files = [f for shard in shards for f in (shard, shard.with_suffix(".parquet")) if f.is_file()]
+        return "".join(f"{f.name}\t{f.stat().st_size}\n" for f in files).encode()
+    path = Path(source)
+    if path.is_dir():
+        return "".join(
+            f"{p.relative_to(path)}\t{p.stat().st_size}\n" for p, _, _ in imagefolder_files(path)
+        ).encode()
+    return path.read_bytes() if path.is_file() else b""
+
+
+def _stamp(source: str) -> object:
+    """Changes when the source does: a file's size and time, else its identity (a listing)."""
+    path = Path(source)
+    if path.is_file() and not is_shard_url(source):
+        return path.stat().st_size, path.stat().st_mtime_ns
+    return _identity(source)
 
 
 def _files_fingerprint(config: DataFiles) -> str:
     digest = hashlib.sha256()
-    for path in _files(config):
-        digest.update(
-            path.read_bytes() if path.is_file() else _folder_listing(path) if path.is_dir() else b""
-        )
-        digest.update(b"\0")  # file boundaries: moving a line between files changes the digest
+    for source in _sources(config):
+        digest.update(_identity(source))
+        digest.update(b"\0")  # source boundaries: moving a line between files changes the digest
     return digest.hexdigest()[:16]
+
+
+def _num_train(config: DataFiles) -> int:
+    """Training pairs with a caption (an unreadable image shows only when decoded)."""
+    if is_shard_url(config.train):
+        from poisonclip.data.wds import count_captioned  # loads webdataset: only for shards
+
+        return count_captioned(config.train)
+    rows = read_csv_rows(Path(config.train), config.separator)
+    if not rows:
+        raise UsageError(f"{config.train}: no rows")
+    check_columns(rows, (config.image_column, config.caption_column), config.train, config.separator)
+    return sum(bool((row[config.caption_column] or "").strip()) for row in rows)
 
 
 def _test_classes(config: DataFiles) -> tuple[int, list[str]]:
@@ -168,17 +196,13 @@ def _test_classes(config: DataFiles) -> tuple[int, list[str]]:
 
 
 @functools.cache
-def _summary(config: DataFiles, stamps: tuple[tuple[int, int], ...]) -> _Summary:
+def _summary(config: DataFiles, stamps: tuple[object, ...]) -> _Summary:
     """Counts and class names from the CSV cells and folder listings alone (no image is decoded);
     cached per config and the files' sizes and modification times or the folders' listings
     (``stamps``), so a grid of many cells reads them once."""
-    rows = read_csv_rows(Path(config.train), config.separator)
-    if not rows:
-        raise UsageError(f"{config.train}: no rows")
-    check_columns(rows, (config.image_column, config.caption_column), config.train, config.separator)
     num_test, classnames = _test_classes(config)
     return _Summary(
-        num_train=sum(bool((row[config.caption_column] or "").strip()) for row in rows),
+        num_train=_num_train(config),
         num_test=num_test,
         classnames=tuple(classnames),
         fingerprint=_files_fingerprint(config),

@@ -13,7 +13,7 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,6 +245,26 @@ def _tar_captions(url: str, skipped: list[tuple[str, str]]) -> tuple[list[str], 
     return keys, texts
 
 
+def _shard_captions(
+    shard_urls: Iterable[str], skipped: list[tuple[str, str]], use_parquet: bool
+) -> Iterator[tuple[int, list[str], list[str], bool]]:
+    """(index of the shard, keys, captions, read from parquet) of each shard that exists, from its
+    parquet file when there is one (and ``use_parquet``), else from its ``.txt`` members."""
+    for index, url in enumerate(shard_urls):
+        parquet = Path(url).with_suffix(".parquet")
+        if not Path(url).is_file():  # its parquet alone would count samples nobody can read
+            skipped.append((url, "FileNotFoundError: no such shard"))
+            continue
+        from_parquet = use_parquet and parquet.is_file()
+        keys, captions = _parquet_captions(parquet, skipped) if from_parquet else _tar_captions(url, skipped)
+        yield index, keys, captions, from_parquet
+
+
+def count_captioned(urls: str | Sequence[str]) -> int:
+    """How many samples of a shard set have an image and a caption (no image read)."""
+    return sum(len(keys) for _, keys, _, _ in _shard_captions(expand_urls(urls), [], use_parquet=True))
+
+
 def scan_captions(
     urls: str | Sequence[str],
     label: str,
@@ -267,16 +287,8 @@ def scan_captions(
     parquet_shards = 0
     start = time.perf_counter()
     bar = progress_bar(shard_urls, desc="scanning captions", unit="shard", disable=not progress)
-    for index, url in enumerate(bar):
-        parquet = Path(url).with_suffix(".parquet")
-        if not Path(url).is_file():  # its parquet alone would count samples nobody can read
-            skipped.append((url, "FileNotFoundError: no such shard"))
-            continue
-        if use_parquet and parquet.is_file():
-            shard_keys, captions = _parquet_captions(parquet, skipped)
-            parquet_shards += 1
-        else:
-            shard_keys, captions = _tar_captions(url, skipped)
+    for index, shard_keys, captions, from_parquet in _shard_captions(bar, skipped, use_parquet):
+        parquet_shards += from_parquet
         hits = search_captions(captions, label, word_boundary=word_boundary)
         matches += [len(keys) + i for i in hits]
         matched += [captions[i] for i in hits]
