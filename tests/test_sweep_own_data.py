@@ -13,6 +13,8 @@ from poisonclip.data.files import load_files
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.data.wds import csv_to_shards
 from poisonclip.errors import UsageError
+from poisonclip.evaluate.suite import evaluate_backdoor
+from poisonclip.experiments import backdoor_trial
 from poisonclip.experiments.grid import parse_sweep
 from poisonclip.experiments.runners import CellResult
 from poisonclip.experiments.store import ResultStore
@@ -148,6 +150,9 @@ def test_class_names_come_from_the_test_labels_when_they_are_names(synthetic_roo
             "takes 32px images but data.image_size is 64",
         ),
         (lambda t: t.replace("test.csv", "nowhere.csv"), "dataset file not found"),
+        (lambda t: t.replace("train.csv", ""), "a directory; train is a CSV or shards"),
+        (lambda t: t.replace("test.csv", "{00000..00001}.tar"), "test is a CSV or an ImageFolder"),
+        (lambda t: t.replace("classnames_file = ", 'classnames_file = "imagenet"\n# '), "of WordNet ids"),
         (lambda t: t.replace("[train]", 'separator = ";;"\n[train]'), "separator must be one character"),
         (lambda t: t.replace("[train]", "num_train = 5\n[train]"), "num_train: computed from the files"),
         (
@@ -203,7 +208,7 @@ def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
         (folder / names[int(label)]).mkdir(parents=True, exist_ok=True)
         (folder / names[int(label)] / Path(path).name).symlink_to(root / path)
     folder_table = files_table(root, test=str(folder), classnames_file="")  # names: the directories'
-    with pytest.raises(UsageError, match="in another order than theirs"):  # the file: in shape order
+    with pytest.raises(UsageError, match="directory .cross. has label 1"):  # the file: in shape order
         parse_sweep(tomllib.loads(files_table(root, test=str(folder)) + GRID), "own")
     [cell] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
     data = cell.data
@@ -219,6 +224,16 @@ def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
         data.check_unchanged()
     [again] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
     assert again.data.num_test == 121 and again.key != cell.key
+    (folder / "zebra").mkdir()  # a class without a single image is still a class
+    [more] = parse_sweep(tomllib.loads(folder_table + GRID), "own").cells
+    assert len(more.data.classnames) == 11 and more.key != again.key
+    # Names matched to the directories however they are written: in another order, an error.
+    shuffled = tmp_path / "names.txt"
+    shuffled.write_text("\n".join(n.upper() for n in reversed([*sorted(names), "zebra"])) + "\n")
+    with pytest.raises(UsageError, match="directory 'circle' has label 0 .* on line 11"):
+        parse_sweep(
+            tomllib.loads(files_table(root, test=str(folder), classnames_file=str(shuffled)) + GRID), "o"
+        )
 
 
 def test_the_training_set_may_be_shards(synthetic_root, tmp_path):
@@ -232,6 +247,30 @@ def test_the_training_set_may_be_shards(synthetic_root, tmp_path):
     for metric in ("asr", "zscore", "natural_rate", "zero_shot_acc", "probe_acc"):
         assert ours.metrics[metric] == theirs.metrics[metric], metric  # the same pairs, in the same order
     [cell] = parse_sweep(tomllib.loads(files_table(root, train=shards.url) + GRID), "own").cells
-    (tmp_path / "shards" / "00002.tar").unlink()  # a shard gone
-    [fewer] = parse_sweep(tomllib.loads(files_table(root, train=shards.url) + GRID), "own").cells
-    assert fewer.data.num_train == 200 and fewer.key != cell.key
+    assert cell.data.num_train == 300
+    (tmp_path / "shards" / "00002.tar").unlink()  # a shard gone: never trained on silently
+    with pytest.raises(UsageError, match="shard .*00002.tar is missing"):
+        parse_sweep(tomllib.loads(files_table(root, train=shards.url) + GRID), "own")
+
+
+def test_defense_cells_differing_in_prompts_alone_share_the_defended_model(
+    synthetic_root, tmp_path, monkeypatch
+):
+    root, _ = synthetic_root
+    used = []
+
+    def recording(*args, templates, **kwargs):
+        used.append(templates)
+        return evaluate_backdoor(*args, templates=templates, **kwargs)
+
+    monkeypatch.setattr(backdoor_trial, "evaluate_backdoor", recording)  # --workers 1: this process
+    table = files_table(root, templates=["openai", "synthetic"])
+    defense = "[defense]\npoison_count = 20\nclean_pairs = 100\n"
+    db = tmp_path / "d.sqlite"
+    run(write(tmp_path, f'attack = "defense"\n{table}[train]\npreset = "tiny"\n{defense}', "d.toml"), db)
+    rows = {r.cell["data.templates"]: r for r in ResultStore(db, read_only=True).rows()}
+    assert set(rows) == {"openai", "synthetic"} and len({r.train_hash for r in rows.values()}) == 1
+    assert (
+        rows["openai"].metrics["defense_seconds"] == rows["synthetic"].metrics["defense_seconds"]
+    )  # one model
+    assert used == ["openai", "synthetic"]  # scored with each cell's own prompts

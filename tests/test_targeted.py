@@ -183,7 +183,7 @@ def test_targeted_trial_runs_end_to_end(small_train, small_test):
         small_train, small_test, CLASSNAMES, num_targets=3, poisons_per_target=2, seed=1
     )
     metrics, evaluation = train_and_evaluate_targeted(
-        poisoning, small_test, CLASSNAMES, tiny, "synthetic", progress=False
+        poisoning, small_test, CLASSNAMES, tiny, progress=False, templates="synthetic"
     )
     assert metrics["poison_count"] == 6 and metrics["poison_rate"] == pytest.approx(6 / 406)
     for key in (

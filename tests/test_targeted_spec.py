@@ -70,8 +70,7 @@ def test_the_matrix_poisons_with_the_cells_options(small_train, small_test):
         params = DefenseMatrixParams(
             attack_type="targeted", num_targets=2, poisons_per_target=3, noise_std=noise, captions="templates"
         )
-        data = TrialData(small_train, small_test, classnames, 0, load_preset("tiny"), "synthetic")
-        poisoned = poison(params, data)
+        poisoned = poison(params, TrialData(small_train, small_test, classnames, 0, load_preset("tiny")))
         assert len(poisoned.dataset) == len(small_train) + 6 and len(poisoned.manifest) == 6
         assert all(row["caption_source"] == "template" for row in poisoned.manifest)
         assert all((row["psnr_db"] is None) == exact for row in poisoned.manifest)

@@ -93,6 +93,7 @@ class DataFiles:
         )
 
     def _summary(self) -> _Summary:
+        _check_kinds(self)
         # one cache entry with or without the computed fields, and a new one when a file changes
         stamps = tuple(_stamp(source) for source in _sources(self))
         given = {f.name: f.default for f in dataclasses.fields(self) if f.metadata.get(COMPUTED)}
@@ -119,6 +120,16 @@ class _Summary:
     fingerprint: str
 
 
+def _check_kinds(config: DataFiles) -> None:
+    """``train`` is a CSV or shards, ``test`` a CSV or an ImageFolder; "imagenet" names a folder's."""
+    if Path(config.train).is_dir():
+        raise UsageError(f"{config.train}: a directory; train is a CSV or shards ('d/{{00000..00009}}.tar')")
+    if is_shard_url(config.test):
+        raise UsageError(f"{config.test}: test is a CSV or an ImageFolder directory in a sweep, not shards")
+    if config.classnames_file == "imagenet" and not Path(config.test).is_dir():
+        raise UsageError('classnames_file = "imagenet" names the classes of an ImageFolder of WordNet ids')
+
+
 def _sources(config: DataFiles) -> list[str]:
     """What the data is read from ("imagenet" names no file)."""
     return [s for s in (config.train, config.test, config.classnames_file) if s and s != "imagenet"]
@@ -132,10 +143,10 @@ def _identity(source: str) -> bytes:
         files = [f for shard in shards for f in (shard, shard.with_suffix(".parquet")) if f.is_file()]
         return "".join(f"{f.name}\t{f.stat().st_size}\n" for f in files).encode()
     path = Path(source)
-    if path.is_dir():
-        return "".join(
-            f"{p.relative_to(path)}\t{p.stat().st_size}\n" for p, _, _ in imagefolder_files(path)
-        ).encode()
+    if path.is_dir():  # the classes too: one without a single image is still a class
+        listing = [f"{d}/\n" for d in class_directories(path)]
+        listing += [f"{p.relative_to(path)}\t{p.stat().st_size}\n" for p, _, _ in imagefolder_files(path)]
+        return "".join(listing).encode()
     return path.read_bytes() if path.is_file() else b""
 
 
@@ -160,6 +171,8 @@ def _num_train(config: DataFiles) -> int:
     if is_shard_url(config.train):
         from poisonclip.data.wds import count_captioned  # loads webdataset: only for shards
 
+        if missing := [url for url in expand_urls(config.train) if not Path(url).is_file()]:
+            raise UsageError(f"{config.train}: shard {missing[0]} is missing ({len(missing)} in all)")
         return count_captioned(config.train)
     rows = read_csv_rows(Path(config.train), config.separator)
     if not rows:
@@ -221,10 +234,10 @@ def load_files(
         config.image_size, test=None if folder else config.test, imagefolder=config.test if folder else None,
         classnames=config.classnames_file or None, csv=config.csv, progress=progress,
     )  # fmt: skip
-    if tuple(classnames) != config.classnames:  # every image of a class unreadable
+    if classnames != (names := _test_classes(config)[1]):  # every image of a class unreadable
         raise UsageError(
             f"{config.test}: after skipping unreadable images the classes are {len(classnames)}, not "
-            f"the {len(config.classnames)} its labels name; fix or drop those rows"
+            f"the {len(names)} its labels name; fix or drop those rows"
         )
     return train, test, classnames
 

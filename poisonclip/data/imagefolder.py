@@ -9,6 +9,7 @@ sorted order is the order of that list.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,24 @@ def resolve_classnames(spec: str | None, directories: list[str]) -> list[str]:
         names = read_classnames(spec)
     if len(names) != len(directories):
         raise UsageError(f"{len(names)} class names ({spec}) for {len(directories)} class directories")
-    as_names = [d.replace("_", " ") for d in directories]
-    if set(names) == set(as_names) and names != as_names:  # would label every class by another's name
-        raise UsageError(
-            f"{spec} names the class directories in another order than theirs: labels follow the "
-            f"sorted directories ({directories[0]}, {directories[1]}, ...); list the names in that order"
-        )
+    for label, (directory, named) in enumerate(
+        zip(directories, match_directories(directories, names), strict=True)
+    ):
+        if named is not None and named != label:  # this class would be called another's name
+            raise UsageError(
+                f"{spec}: directory {directory!r} has label {label} (the sorted directories' order) but "
+                f"the file names it on line {named + 1}: list the names in the directories' sorted order"
+            )
     return names
+
+
+def match_directories(directories: Sequence[str], names: Sequence[str]) -> list[int | None]:
+    """For each class directory, the index of the class name it is (as it is, or with underscores as
+    spaces; case ignored), or None."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(name.casefold(), i)
+    return [index.get(d.casefold(), index.get(d.replace("_", " ").casefold())) for d in directories]
 
 
 def imagefolder_files(root: str | Path, max_per_class: int | None = None) -> list[tuple[Path, int, str]]:

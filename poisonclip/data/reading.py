@@ -16,7 +16,12 @@ from pathlib import Path
 
 from poisonclip.data.csv_format import DEFAULT_CSV, CsvFormat
 from poisonclip.data.dataset import ImageTextDataset, read_classnames, read_csv_dataset
-from poisonclip.data.imagefolder import class_directories, read_imagefolder, resolve_classnames
+from poisonclip.data.imagefolder import (
+    class_directories,
+    match_directories,
+    read_imagefolder,
+    resolve_classnames,
+)
 from poisonclip.data.shard_urls import is_shard_url
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
@@ -114,11 +119,7 @@ def read_probe_set(
     import torch
 
     directories = class_directories(root)
-    index = {name.casefold(): i for i, name in enumerate(classnames)}
-    as_names = resolve_classnames(None, directories)  # underscores as spaces, as a test ImageFolder's
-    found = [
-        index.get(d.casefold(), index.get(n.casefold())) for d, n in zip(directories, as_names, strict=True)
-    ]
+    found = match_directories(directories, classnames)
     unknown = [d for d, i in zip(directories, found, strict=True) if i is None]
     if unknown and (len(unknown) < len(directories) or len(directories) != len(classnames)):
         raise UsageError(

@@ -170,10 +170,10 @@ def backdoor_for_matrix(params: Any, data: TrialData) -> Poisoned:
     train, seed = data.train, data.seed
     poisoning = backdoor_poisoning(params, train, seed, clean_surrogate(train, data.recipe, seed))
 
-    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+    def evaluate(model: torch.nn.Module, model_config: dict, templates: str) -> dict:
         metrics = evaluate_backdoor(
             model, data.test, data.classnames, params.target_label, poisoning.trigger, seed,
-            templates=data.templates, tokenizer=tokenizer_for(model_config),
+            templates=templates, tokenizer=tokenizer_for(model_config),
         ).metrics  # fmt: skip
         return {**metrics, "attack_success": metrics["asr"]}
 

@@ -151,12 +151,13 @@ def run_defense_trial(
     each cell's defense."""
     params, recipe = trial.cells[0].params, trial.cells[0].train.replace(seed=trial.seed)
     poisoned = get_matrix_attack(params.attack_type)(
-        params, TrialData(train, test, classnames, trial.seed, recipe, trial.cells[0].data.templates)
+        params, TrialData(train, test, classnames, trial.seed, recipe)
     )
     dataset, manifest, evaluate = poisoned.dataset, poisoned.manifest, poisoned.evaluate
 
     def clean_accuracy(model: torch.nn.Module) -> float:
-        """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision."""
+        """Clean zero-shot top-1 on the test split: a per-epoch diagnostic, never a decision (with the
+        first cell's prompts: cells that differ in prompts alone share one defended model)."""
         model_config = get_model_config(recipe.model)
         templates, tokenizer = trial.cells[0].data.templates, tokenizer_for(model_config)
         return evaluate_clean(model, test, classnames, templates, tokenizer).metrics["zero_shot_acc"]
@@ -187,11 +188,14 @@ def run_defense_trial(
     context = DefenseContext(
         recipe, dataset, model, clean, early_loss, classnames=tuple(classnames), monitor=clean_accuracy
     )
-    results = []
+    results, outcomes = [], {}
     for cell in trial.cells:
-        outcome = apply_defense(cell.params.defense, context)
+        templates, spec = cell.data.templates, cell.params.defense
+        if spec not in outcomes:  # cells of one defense (differing in prompts alone) share its model
+            outcomes[spec] = apply_defense(spec, context)
+        outcome = outcomes[spec]
         metrics = {
-            **evaluate(outcome.model, model_config),
+            **evaluate(outcome.model, model_config, templates),
             **{k: v for k, v in outcome.record.items() if isinstance(v, int | float)},
             **flagged_summary(outcome, labels),
             **detection_metrics,
@@ -213,7 +217,7 @@ def run_defense_trial(
         if "lr_sweep" in outcome.record:  # CleanCLIP: every learning rate tried, chosen or not
             sweep = outcome.record["lr_sweep"]
             models = {**outcome.alternatives, f"lr={outcome.record['chosen_lr']:g}": outcome.model}
-            scored = [evaluate(models[f"lr={row['lr']:g}"], model_config) for row in sweep]
+            scored = [evaluate(models[f"lr={row['lr']:g}"], model_config, templates) for row in sweep]
             curves.update(
                 lr_sweep_lr=[row["lr"] for row in sweep],
                 lr_sweep_validation_loss=[row["validation_loss"] for row in sweep],

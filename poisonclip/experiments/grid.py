@@ -228,10 +228,10 @@ def _data_class(table: Mapping[str, Any], where: str) -> type[SyntheticConfig] |
         )
     if not set(table) & ((files | computed) - synthetic):  # num_train and image_size: both kinds' keys
         return SyntheticConfig
-    if given := sorted(set(table) & computed):
-        raise UsageError(f"{where}: [data] {', '.join(given)}: computed from the files, not given")
     if missing := [k for k in ("train", "test", "image_size") if k not in table]:
         raise UsageError(f"{where}: [data] names your own files but not {', '.join(missing)}")
+    if given := sorted(set(table) & computed):
+        raise UsageError(f"{where}: [data] {', '.join(given)}: computed from the files, not given")
     if mixed := sorted(set(table) & (synthetic - files)):
         raise UsageError(
             f"{where}: [data] {', '.join(mixed)}: a key of the synthetic data, not of your files"

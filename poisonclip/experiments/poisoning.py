@@ -33,7 +33,6 @@ class TrialData:
     classnames: list[str]
     seed: int  # the trial's: poisons, targets, initialisation and data order
     recipe: TrainConfig  # the undefended training (a fitted trigger's surrogate trains with it)
-    templates: str  # the data's zero-shot prompts (a set name or a templates file)
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,9 @@ class Poisoned:
 
     dataset: ImageTextDataset  # clean training pairs ∪ poisons
     manifest: list[dict]
-    # (model, model_config) -> flat metrics, among them ``attack_success`` and ``zero_shot_acc``
-    evaluate: Callable[[torch.nn.Module, dict], dict]
+    # (model, model_config, zero-shot prompts: a set name or a templates file) -> flat metrics,
+    # among them ``attack_success`` and ``zero_shot_acc``
+    evaluate: Callable[[torch.nn.Module, dict, str], dict]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from poisonclip.data.files import DataFiles
 from poisonclip.data.io import process_alive
+from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.errors import UsageError
 from poisonclip.experiments.grid import Sweep, Trial
 from poisonclip.experiments.runners import CellResult, get_runner
@@ -76,6 +78,11 @@ CREATE TABLE IF NOT EXISTS claims (
 """
 
 
+DATA_KEYS = frozenset(
+    f"data.{f.name}" for cls in (SyntheticConfig, DataFiles) for f in dataclasses.fields(cls)
+)
+
+
 @dataclass(frozen=True)
 class ResultRow:
     """One stored result: ``cell`` is the flattened cell config (``data.num_train``,
@@ -98,7 +105,7 @@ class ResultRow:
         files have no ``data.seed``, the synthetic data no ``data.train``), as one figure may draw both."""
         if key in self.cell:
             return self.cell[key]
-        return None if key.startswith("data.") else self.metrics[key]
+        return None if key in DATA_KEYS else self.metrics[key]
 
     @property
     def synthetic(self) -> bool:

@@ -97,7 +97,7 @@ def evaluate_trained_targeted(
     poisoning: TargetedPoisoning,
     heldout: ImageTextDataset,
     classnames: Sequence[str],
-    eval_templates: str,
+    templates: str,
 ) -> tuple[dict, TargetedEvaluation]:
     """Score every target of ``poisoning`` on a model from ``train_model``.
 
@@ -106,7 +106,7 @@ def evaluate_trained_targeted(
     ``probe_acc``), the poison counts and rate, and the training stats.
     """
     evaluation = evaluate_targeted(
-        model, poisoning.targets, heldout, classnames, eval_templates, tokenizer_for(model_config)
+        model, poisoning.targets, heldout, classnames, templates, tokenizer_for(model_config)
     )
     metrics = {
         **evaluation.metrics,
@@ -122,21 +122,20 @@ def train_and_evaluate_targeted(
     heldout: ImageTextDataset,
     classnames: Sequence[str],
     config: TrainConfig,
-    eval_templates: str,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    *,
+    templates: str,
 ) -> tuple[dict, TargetedEvaluation]:
     """``train_model`` on ``poisoning.dataset`` → ``evaluate_trained_targeted``, in one call.
 
     ``poisoning`` (from ``poison_targets``, whose seed picks targets and poisons) plays the part of
     ``train_and_evaluate_backdoor``'s poisoned dataset. The model's initialisation and data order
-    are ``config.seed`` (a sweep over seeds should vary both). ``eval_templates`` is the zero-shot
-    prompt set.
+    are ``config.seed`` (a sweep over seeds should vary both). ``templates`` are the zero-shot
+    prompts (a set name or a templates file).
     """
     model, model_config, stats = train_model(poisoning.dataset, config, checkpoint_dir, progress)
-    return evaluate_trained_targeted(
-        model, model_config, stats, poisoning, heldout, classnames, eval_templates
-    )
+    return evaluate_trained_targeted(model, model_config, stats, poisoning, heldout, classnames, templates)
 
 
 @register_matrix_attack(
@@ -156,9 +155,9 @@ def targeted_for_matrix(params: Any, data: TrialData) -> Poisoned:
         params.options(),
     )
 
-    def evaluate(model: torch.nn.Module, model_config: dict) -> dict:
+    def evaluate(model: torch.nn.Module, model_config: dict, templates: str) -> dict:
         evaluation = evaluate_targeted(
-            model, poisoning.targets, test, classnames, data.templates, tokenizer_for(model_config)
+            model, poisoning.targets, test, classnames, templates, tokenizer_for(model_config)
         )
         return {**evaluation.metrics, "attack_success": evaluation.metrics["zero_shot_success_rate"]}
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 # key -> (column title, legend/panel text for one value); also the order keys are listed in
 _NAMES: dict[str, tuple[str, str]] = {
-    "data.train": ("training CSV", "{}"),  # a user's files (data/files.py)
+    "data.train": ("training data", "{}"),  # a user's files (data/files.py)
+    "data.separator": ("CSV separator", "separator {!r}"),  # a tab must not be a blank legend
     "data.num_train": ("clean pairs", "{:,} clean pairs"),
     "train.model": ("model", "{}"),
     "train.epochs": ("epochs", "{} epochs"),
@@ -43,10 +44,6 @@ TRIGGER_KEYS = ("patch_size", "placement", "eval_placement", "trigger_params")
 # A user's training data (data/files.py): named by the number of its pairs (``data.num_train``) where
 # a figure draws against that, as for the synthetic data.
 TRAINING_DATA_KEYS = ("data.train", "data.fingerprint")
-
-# How a user's CSVs are read, not what they hold (their fingerprint tells data apart): never a
-# figure's series, where a tab separator would even be an unprintable legend.
-CSV_LAYOUT_KEYS = ("data.separator", "data.image_column", "data.caption_column", "data.label_column")
 
 
 def column_title(key: str) -> str:
@@ -81,7 +78,7 @@ def varying_keys(rows: Sequence[ResultRow], exclude: Sequence[str] = ()) -> list
     """Cell keys whose value differs between ``rows``: known ones in ``_NAMES`` order, then the rest."""
     order = list(_NAMES)
     keys = sorted(
-        {k for r in rows for k in r.cell} - set(exclude) - set(CSV_LAYOUT_KEYS),
+        {k for r in rows for k in r.cell} - set(exclude),
         key=lambda k: (k not in order, order.index(k) if k in order else 0, k),
     )
     return [k for k in keys if len({repr(r.cell.get(k)) for r in rows}) > 1]
