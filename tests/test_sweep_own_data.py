@@ -77,6 +77,7 @@ def test_a_sweep_on_the_same_data_as_files_measures_exactly_what_the_synthetic_s
     # One figure draws both kinds of rows; the paper-vs-toy findings read the synthetic ones only.
     assert main(["report", str(db), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "fig2_right.png").is_file()
+    assert "1 of them on your own data" in (tmp_path / "report" / "report.md").read_text()
     rows_both, rows_toy = figure_rows(ResultStore(db, read_only=True)), figure_rows(ResultStore(synthetic_db))
     assert len(rows_both("fig2_right")) == 2
     assert paper_vs_toy(rows_both) == paper_vs_toy(rows_toy)

@@ -80,6 +80,8 @@ def write_report(db: str | Path, out_dir: str | Path) -> ReportSummary:
         write_text_atomic(path.with_suffix(".csv"), to_csv(table))  # the numbers, for other tools
         figures.append(path)
         text = f"{spec.caption}\n\nFrom sweep(s) {', '.join(feeding)}: {len(rows)} results."
+        if own := sum(not r.synthetic for r in rows):
+            text += f" {own} of them on your own data, where the toy's numbers quoted above do not apply."
         sections.append(Section(spec.title, text, table, path))
     for sweep, info in sweeps.items():
         rows = store.rows([sweep])
