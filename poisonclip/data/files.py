@@ -50,11 +50,12 @@ def _computed(default: object) -> Any:
 @dataclass(frozen=True)
 class DataFiles:
     """The keys of ``[data]`` for a user's own data (paths relative to the directory the sweep runs
-    in, as written: ``./x.csv`` and ``x.csv`` are two keys). Both CSVs have open_clip_train's layout
-    (``CsvFormat``); the test CSV needs a label column and no captions. The test set may instead be an
-    ImageFolder directory (``ROOT/CLASS/*.jpg``, as ``evaluate --imagefolder``). The computed fields are read
-    from the files by ``fingerprinted`` and stored with every result (``data.num_train`` is the
-    synthetic data's key too, so the data-size figures draw either)."""
+    in, as written: ``./x.csv`` and ``x.csv`` are two keys). CSVs have open_clip_train's layout
+    (``CsvFormat``); a test CSV needs a label column and no captions. The training set may instead be
+    img2dataset shards, the test set an ImageFolder directory (``ROOT/CLASS/*.jpg``, as ``evaluate
+    --imagefolder`` reads it). The computed fields are read from the files by ``fingerprinted`` and
+    stored with every result (``data.num_train`` is the synthetic data's key too, so the data-size
+    figures draw either)."""
 
     train: str  # image–caption pairs (a CSV or shards); a label column is ignored, as by `train`
     test: str  # labelled images (labels: names, or indices named by ``classnames_file``), or a folder
