@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from poisonclip.cli import main
+from poisonclip.data import files
 from poisonclip.data.cache import data_dir
 from poisonclip.data.files import load_files
+from poisonclip.data.imagefolder import imagefolder_files
 from poisonclip.data.synthetic import SyntheticConfig
 from poisonclip.data.wds import csv_to_shards
 from poisonclip.errors import UsageError
@@ -199,15 +201,21 @@ def test_several_training_csvs_are_one_line_against_their_size(synthetic_root, t
     assert [row[1] for row in table.rows] == ["150", "300"]
 
 
-def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
-    root, _ = synthetic_root
+def imagefolder(root: Path, folder: Path) -> tuple[list[str], list[str]]:
+    """The synthetic test set as an ImageFolder of links, ``folder/NAME/*.png``: (names, test rows)."""
     names = (root / "classnames.txt").read_text().splitlines()
-    folder = tmp_path / "val"
     _, *rows = (root / "test.csv").read_text().splitlines()
     for row in rows:
         path, _, label = row.split("\t")
         (folder / names[int(label)]).mkdir(parents=True, exist_ok=True)
         (folder / names[int(label)] / Path(path).name).symlink_to(root / path)
+    return names, rows
+
+
+def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
+    root, _ = synthetic_root
+    folder = tmp_path / "val"
+    names, rows = imagefolder(root, folder)
     folder_table = files_table(root, test=str(folder), classnames_file="")  # names: the directories'
     with pytest.raises(UsageError, match="directory .cross. has label 1"):  # the file: in shape order
         parse_sweep(tomllib.loads(files_table(root, test=str(folder)) + GRID), "own")
@@ -235,6 +243,27 @@ def test_the_test_set_may_be_an_imagefolder(synthetic_root, tmp_path):
         parse_sweep(
             tomllib.loads(files_table(root, test=str(folder), classnames_file=str(shuffled)) + GRID), "o"
         )
+
+
+def test_a_grid_over_an_imagefolder_lists_its_images_once(synthetic_root, tmp_path, monkeypatch):
+    """ImageNet's validation folder is 50,000 files: planning a grid lists them once, not per cell."""
+    root, _ = synthetic_root
+    folder = tmp_path / "val"
+    imagefolder(root, folder)
+    image = sorted(folder.glob("*/*"))[0]
+    content = image.read_bytes()
+    image.unlink()
+    image.write_bytes(content)  # a file, not a link: rewritten in place below
+    listings = []
+    monkeypatch.setattr(files, "imagefolder_files", lambda *a: listings.append(a) or imagefolder_files(*a))
+    table = files_table(root, test=str(folder), classnames_file="") + GRID.replace("20", "[10, 20, 30]")
+    cells = parse_sweep(tomllib.loads(table), "own").cells
+    assert len(cells) == 3 and {c.data.num_test for c in cells} == {120}
+    assert len(listings) == 2  # the count and the fingerprint, of one summary
+    # An image rewritten in place changes no folder time: the full listing refuses it before training.
+    image.write_bytes(b"not the image it was")
+    with pytest.raises(UsageError, match="changed since the sweep was planned"):
+        load_files(cells[0].data)
 
 
 def test_the_training_set_may_be_shards(synthetic_root, tmp_path):

@@ -152,11 +152,16 @@ def _identity(source: str) -> bytes:
 
 
 def _stamp(source: str) -> object:
-    """Changes when the source does: a file's size and time, else its identity (a listing)."""
+    """Changes when the source does, and costs no listing of every image: a file's size and time,
+    a folder's and its class directories' times (an image or class added, removed or renamed), a
+    shard set's listing. An image rewritten in place under its name changes none of them:
+    ``check_unchanged``, which reads the whole listing, refuses it before training."""
     path = Path(source)
-    if path.is_file() and not is_shard_url(source):
-        return path.stat().st_size, path.stat().st_mtime_ns
-    return _identity(source)
+    if is_shard_url(source):
+        return _identity(source)
+    if path.is_dir():
+        return tuple(d.stat().st_mtime_ns for d in [path, *(path / c for c in class_directories(path))])
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
 
 
 def _files_fingerprint(config: DataFiles) -> str:
@@ -212,8 +217,7 @@ def _test_classes(config: DataFiles) -> tuple[int, list[str]]:
 @functools.cache
 def _summary(config: DataFiles, stamps: tuple[object, ...]) -> _Summary:
     """Counts and class names from the CSV cells and folder listings alone (no image is decoded);
-    cached per config and the files' sizes and modification times or the folders' listings
-    (``stamps``), so a grid of many cells reads them once."""
+    cached per config and ``stamps`` (``_stamp``), so a grid of many cells reads them once."""
     num_test, classnames = _test_classes(config)
     return _Summary(
         num_train=_num_train(config),
