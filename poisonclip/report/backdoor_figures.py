@@ -119,10 +119,10 @@ register_figure(
     FigureSpec(
         "fig6",
         "Fig 6 — backdoor z-score vs patch size",
-        "Checkerboard side in pixels of the 32×32 toy images, with the fraction of the image area "
-        "it covers; the table gives the side of a patch covering the same fraction of the paper's "
-        "224×224 images. Toy pixels are much coarser: one pixel is already 0.1% of the area (the "
-        "paper's 4×4 is 0.03%, its 16×16 0.51%), so the toy's smallest patches correspond to the "
+        "Checkerboard side in pixels of the model's input (32×32 for the toy), with the fraction of "
+        "the image area it covers; the table gives the side of a patch covering the same fraction of "
+        "the paper's 224×224 images. Toy pixels are much coarser: one pixel is already 0.1% of the "
+        "area (the paper's 4×4 is 0.03%, its 16×16 0.51%), so the toy's smallest patches match the "
         "paper's middle range, and a 1×1 'checkerboard' is a single white pixel. "
         f"{Z_CHANCE} Paper (0.0025% poisons): 2×2 fails, 4×4 works, 16×16 best, 32×32 maybe "
         "slightly worse.",
